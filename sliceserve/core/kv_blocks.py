@@ -1,0 +1,70 @@
+"""Paged KV-cache accounting: fixed-size blocks, a free list, a block table per request.
+
+Invariant: every block is either free or in exactly one request's table.
+"""
+
+from __future__ import annotations
+
+from sliceserve.request import Request
+
+
+def blocks_for_tokens(num_tokens: int, block_size: int) -> int:
+    return -(-num_tokens // block_size)
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int) -> None:
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        # Pop from the end: low block ids are handed out first.
+        self._free: list[int] = list(range(num_blocks - 1, -1, -1))
+        self._tables: dict[str, list[int]] = {}
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self._free)
+
+    def num_held(self, request_id: str) -> int:
+        table = self._tables.get(request_id)
+        return len(table) if table else 0
+
+    def block_table(self, request_id: str) -> list[int]:
+        return self._tables.get(request_id, [])
+
+    def num_needed(self, request: Request, num_new_tokens: int) -> int:
+        """Blocks to add so that `request` can compute `num_new_tokens` more tokens."""
+        total = blocks_for_tokens(request.num_computed_tokens + num_new_tokens, self.block_size)
+        return max(0, total - self.num_held(request.request_id))
+
+    def can_allocate(self, request: Request, num_new_tokens: int) -> bool:
+        return self.num_needed(request, num_new_tokens) <= len(self._free)
+
+    def allocate(self, request: Request, num_new_tokens: int) -> list[int]:
+        needed = self.num_needed(request, num_new_tokens)
+        if needed > len(self._free):
+            raise MemoryError(
+                f"KV cache exhausted: {request.request_id} needs {needed} blocks, "
+                f"{len(self._free)} free"
+            )
+        table = self._tables.setdefault(request.request_id, [])
+        for _ in range(needed):
+            table.append(self._free.pop())
+        return table
+
+    def free(self, request_id: str) -> None:
+        table = self._tables.pop(request_id, None)
+        if table:
+            self._free.extend(reversed(table))
+
+    def num_used_blocks(self) -> int:
+        return self.num_blocks - len(self._free)
+
+    def check_conserved(self) -> None:
+        """Raise if a block is lost or shared (for tests and debugging)."""
+        held = [b for t in self._tables.values() for b in t]
+        all_ids = held + self._free
+        if len(all_ids) != self.num_blocks or len(set(all_ids)) != self.num_blocks:
+            raise AssertionError(
+                f"KV blocks not conserved: {len(held)} held + {len(self._free)} free "
+                f"!= {self.num_blocks} (or a block is duplicated)"
+            )

@@ -1,0 +1,258 @@
+"""The scheduler: mechanism only. Queues, request states, KV blocks, budgets.
+
+Every decision (who computes, how many tokens, whom to preempt or reject) comes from the
+policy. The scheduler applies it, checks it against the hard limits, and turns it into a
+`Plan`; after the executor ran the plan, `update` records tokens and finishes requests.
+
+States: a request is in exactly one of `waiting` (no KV), `running` (holds KV), or finished.
+Every request that arrives ends completed, rejected (with a reason) or aborted.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Sequence
+
+from sliceserve.config import SchedulerConfig
+from sliceserve.core.kv_blocks import BlockManager
+from sliceserve.core.plan import ExecuteResult, Plan, ScheduledChunk, StepOutput
+from sliceserve.policies.base import Decision, Policy, PolicyError, RequestView
+from sliceserve.request import Request, RequestStatus
+
+FinishListener = Callable[[Request], None]
+
+
+class _View:
+    """The read-only face of the scheduler that policies see."""
+
+    __slots__ = ("_s", "now_s")
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._s = scheduler
+        self.now_s = 0.0
+
+    @property
+    def waiting(self) -> Sequence[RequestView]:
+        return self._s._waiting
+
+    @property
+    def running(self) -> Sequence[RequestView]:
+        return self._s._running
+
+    @property
+    def config(self) -> SchedulerConfig:
+        return self._s.config
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self._s.blocks.num_free_blocks
+
+    def num_blocks_needed(self, request: RequestView, num_new_tokens: int) -> int:
+        return self._s.blocks.num_needed(request, num_new_tokens)  # type: ignore[arg-type]
+
+    def num_blocks_held(self, request: RequestView) -> int:
+        return self._s.blocks.num_held(request.request_id)
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, policy: Policy) -> None:
+        self.config = config
+        self.policy = policy
+        self.blocks = BlockManager(config.num_kv_blocks, config.block_size)
+        self._waiting: list[Request] = []  # sorted by (arrival_s, admission sequence)
+        self._waiting_keys: list[tuple[float, int]] = []
+        self._running: list[Request] = []  # admission order
+        self._requests: dict[str, Request] = {}  # every unfinished request
+        self._seq: dict[str, int] = {}
+        self._next_seq = 0
+        self.view = _View(self)
+        self.finished_listeners: list[FinishListener] = []
+        self.num_iterations = 0
+
+    # --- queries ---
+    @property
+    def waiting(self) -> Sequence[Request]:
+        return self._waiting
+
+    @property
+    def running(self) -> Sequence[Request]:
+        return self._running
+
+    def has_unfinished(self) -> bool:
+        return bool(self._requests)
+
+    def num_unfinished(self) -> int:
+        return len(self._requests)
+
+    def get(self, request_id: str) -> Request | None:
+        return self._requests.get(request_id)
+
+    # --- arrivals and ends ---
+    def add_request(self, request: Request, now_s: float) -> None:
+        """A request arrives. One that can never run is rejected at once, with a reason."""
+        if request.request_id in self._requests:
+            raise ValueError(f"duplicate request id {request.request_id!r}")
+        if request.status is not RequestStatus.WAITING or request.num_computed_tokens:
+            raise ValueError(f"request {request.request_id!r} was already scheduled")
+        self._requests[request.request_id] = request
+        self._seq[request.request_id] = self._next_seq
+        self._next_seq += 1
+        self._insert_waiting(request)
+        self.view.now_s = now_s
+        reason = self._never_fits(request)
+        if reason:
+            self._finish(request, RequestStatus.REJECTED, reason, now_s)
+            return
+        self.policy.on_arrival(request, self.view)
+
+    def abort(self, request_id: str, now_s: float, reason: str = "aborted") -> bool:
+        request = self._requests.get(request_id)
+        if request is None:
+            return False
+        self._finish(request, RequestStatus.ABORTED, reason, now_s)
+        return True
+
+    def _never_fits(self, request: Request) -> str | None:
+        total = request.num_prompt_tokens + request.max_tokens
+        cfg = self.config
+        if total > cfg.max_model_len:
+            return (f"prompt ({request.num_prompt_tokens}) + max_tokens ({request.max_tokens}) "
+                    f"= {total} tokens exceeds max_model_len {cfg.max_model_len}")
+        if total > cfg.kv_capacity_tokens:
+            return (f"prompt + max_tokens = {total} tokens exceeds the KV cache "
+                    f"({cfg.kv_capacity_tokens} tokens)")
+        return None
+
+    # --- one iteration ---
+    def schedule(self, now_s: float) -> Plan:
+        """Ask the policy for a decision and turn it into a plan (empty when idle)."""
+        self.view.now_s = now_s
+        if not self._requests:
+            return Plan(now_s=now_s, chunks=())
+        decision = self.policy.schedule(self.view)
+        return self._apply(decision, now_s)
+
+    def _apply(self, decision: Decision, now_s: float) -> Plan:
+        for view, reason in decision.reject:
+            self._finish(self._own(view), RequestStatus.REJECTED, reason, now_s)
+        preempted = []
+        for view in decision.preempt:
+            request = self._own(view)
+            if request.status is not RequestStatus.RUNNING:
+                raise PolicyError(f"cannot preempt {request.request_id}: it is {request.status.value}")
+            self._preempt(request)
+            preempted.append(request.request_id)
+        if len(decision.batch) > self.config.max_num_seqs:
+            raise PolicyError(f"batch of {len(decision.batch)} rows exceeds max_num_seqs "
+                              f"{self.config.max_num_seqs}")
+        chunks = []
+        num_tokens = 0
+        blocks = self.blocks
+        seen = set()
+        for view, num_new in decision.batch:
+            request = self._own(view)
+            rid = request.request_id
+            computed = request.num_computed_tokens
+            if rid in seen or num_new < 1 or computed + num_new > request.num_tokens:
+                raise PolicyError(f"bad batch entry for {rid}: {num_new} tokens at "
+                                  f"{computed}/{request.num_tokens} (or listed twice)")
+            seen.add(rid)
+            if not blocks.can_allocate(request, num_new):
+                raise PolicyError(f"KV cache cannot hold {rid} (+{num_new} tokens): "
+                                  f"{blocks.num_free_blocks} blocks free")
+            if request.status is RequestStatus.WAITING:
+                self._admit(request)
+            table = blocks.allocate(request, num_new)
+            num_tokens += num_new
+            chunks.append(ScheduledChunk(request, num_new, computed,
+                                         computed + num_new == request.num_tokens, tuple(table)))
+        if num_tokens > self.config.max_num_batched_tokens:
+            raise PolicyError(f"batch of {num_tokens} tokens exceeds the budget "
+                              f"{self.config.max_num_batched_tokens}")
+        return Plan(now_s=now_s, chunks=tuple(chunks), preempted_ids=tuple(preempted))
+
+    def update(self, plan: Plan, result: ExecuteResult, now_s: float) -> StepOutput:
+        """Record the executed plan: computed tokens, sampled tokens at `now_s`, finishes."""
+        if plan.is_empty:
+            return StepOutput(now_s=now_s, idle=True)
+        self.num_iterations += 1
+        self.view.now_s = now_s
+        new_tokens = []
+        finished = []
+        eos = self.config.eos_token_ids
+        for chunk, token in zip(plan.chunks, result.token_ids, strict=True):
+            request = chunk.request
+            if request.is_finished:  # aborted while the iteration ran
+                continue
+            request.num_computed_tokens += chunk.num_new_tokens
+            if not chunk.samples:
+                continue
+            if token is None:
+                raise RuntimeError(f"executor gave no token for {request.request_id}")
+            request.output_token_ids.append(token)
+            request.token_times_s.append(now_s)
+            new_tokens.append((request, token))
+            sampling = request.sampling
+            if len(request.output_token_ids) >= sampling.max_tokens:
+                reason = "length"
+            elif token in sampling.stop_token_ids or (not sampling.ignore_eos and token in eos):
+                reason = "stop"
+            else:
+                continue
+            self._finish(request, RequestStatus.COMPLETED, reason, now_s)
+            finished.append(request)
+        return StepOutput(now_s=now_s, new_tokens=tuple(new_tokens), finished=tuple(finished))
+
+    def finish_request(self, request_id: str, reason: str, now_s: float) -> None:
+        """Complete a request early (e.g. the engine matched a stop string)."""
+        request = self._requests.get(request_id)
+        if request is not None:
+            self._finish(request, RequestStatus.COMPLETED, reason, now_s)
+
+    # --- state changes ---
+    def _own(self, view: RequestView) -> Request:
+        request = self._requests.get(view.request_id)
+        if request is None:
+            raise PolicyError(f"policy named unknown or finished request {view.request_id!r}")
+        return request
+
+    def _insert_waiting(self, request: Request) -> None:
+        key = (request.arrival_s, self._seq[request.request_id])
+        i = bisect.bisect_right(self._waiting_keys, key)
+        self._waiting_keys.insert(i, key)
+        self._waiting.insert(i, request)
+
+    def _remove_waiting(self, request: Request) -> None:
+        key = (request.arrival_s, self._seq[request.request_id])
+        i = bisect.bisect_left(self._waiting_keys, key)
+        del self._waiting_keys[i]
+        del self._waiting[i]
+
+    def _admit(self, request: Request) -> None:
+        self._remove_waiting(request)
+        request.status = RequestStatus.RUNNING
+        self._running.append(request)
+
+    def _preempt(self, request: Request) -> None:
+        """Recompute preemption: drop the KV, keep the output tokens, wait again."""
+        self._running.remove(request)
+        self.blocks.free(request.request_id)
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        request.status = RequestStatus.WAITING
+        self._insert_waiting(request)
+
+    def _finish(self, request: Request, status: RequestStatus, reason: str, now_s: float) -> None:
+        if request.status is RequestStatus.RUNNING:
+            self._running.remove(request)
+        else:
+            self._remove_waiting(request)
+        self.blocks.free(request.request_id)
+        del self._requests[request.request_id]
+        del self._seq[request.request_id]
+        request.status = status
+        request.finish_reason = reason
+        request.finish_s = now_s
+        self.policy.on_finish(request, self.view)
+        for listener in self.finished_listeners:
+            listener(request)

@@ -1,0 +1,44 @@
+"""The engine loop: schedule -> execute -> update, on an injected clock.
+
+The same Engine serves live traffic (a model runner, a wall clock) and simulations
+(a `SimExecutor`, a `VirtualClock`).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from sliceserve.clock import Clock
+from sliceserve.core.plan import ExecuteResult, Plan, StepOutput
+from sliceserve.core.scheduler import Scheduler
+from sliceserve.request import Request
+
+
+class Executor(Protocol):
+    def execute(self, plan: Plan) -> ExecuteResult:
+        """Compute the plan: a sampled token per sampling chunk, and the duration."""
+        ...
+
+
+class Engine:
+    def __init__(self, scheduler: Scheduler, executor: Executor, clock: Clock) -> None:
+        self.scheduler = scheduler
+        self.executor = executor
+        self.clock = clock
+
+    def add_request(self, request: Request) -> None:
+        self.scheduler.add_request(request, self.clock.now())
+
+    def abort(self, request_id: str, reason: str = "aborted") -> bool:
+        return self.scheduler.abort(request_id, self.clock.now(), reason)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> StepOutput:
+        plan = self.scheduler.schedule(self.clock.now())
+        if plan.is_empty:
+            return StepOutput(now_s=plan.now_s, idle=True)
+        result = self.executor.execute(plan)
+        self.clock.elapse(result.duration_s)
+        return self.scheduler.update(plan, result, self.clock.now())

@@ -1,0 +1,172 @@
+"""What a policy sees, what it decides, and the base class every policy extends.
+
+A policy decides from a read-only view: plain facts about requests (`RequestView`), the
+scheduler's limits and free KV blocks, and a latency model. It never mutates scheduler state
+and never imports torch, asyncio or a clock; so a thin adapter can drive the same policies
+from another engine's scheduler.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from sliceserve.config import SchedulerConfig
+from sliceserve.latency_model import LatencyModel
+from sliceserve.request import SLO, RequestStatus
+
+
+class RequestView(Protocol):
+    """The facts about one request that a policy may decide on (all read-only)."""
+
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def arrival_s(self) -> float: ...
+    @property
+    def slo(self) -> SLO: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def status(self) -> RequestStatus: ...
+    @property
+    def num_prompt_tokens(self) -> int: ...
+    @property
+    def max_tokens(self) -> int: ...
+    @property
+    def num_output_tokens(self) -> int: ...
+    @property
+    def remaining_output_tokens(self) -> int: ...
+    @property
+    def num_tokens(self) -> int: ...
+    @property
+    def num_computed_tokens(self) -> int: ...
+    @property
+    def num_preemptions(self) -> int: ...
+    @property
+    def first_token_s(self) -> float | None: ...
+    @property
+    def last_token_s(self) -> float | None: ...
+    @property
+    def ttft_deadline_s(self) -> float: ...
+    @property
+    def deadline_s(self) -> float | None: ...
+
+
+class SchedulerView(Protocol):
+    """The scheduler as a policy sees it at one decision point."""
+
+    @property
+    def now_s(self) -> float: ...
+    @property
+    def waiting(self) -> Sequence[RequestView]:
+        """Requests holding no KV (new or preempted), oldest arrival first."""
+        ...
+    @property
+    def running(self) -> Sequence[RequestView]:
+        """Requests holding KV, in admission order (the newest last)."""
+        ...
+    @property
+    def config(self) -> SchedulerConfig: ...
+    @property
+    def num_free_blocks(self) -> int: ...
+    def num_blocks_needed(self, request: RequestView, num_new_tokens: int) -> int: ...
+    def num_blocks_held(self, request: RequestView) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A policy's answer for one iteration.
+
+    Applied in order: rejections, preemptions (free KV, back to waiting, recompute later),
+    then the batch: each entry computes `num_new_tokens` of its request now. A waiting
+    request in the batch is admitted. The scheduler checks the budgets and raises
+    `PolicyError` on a decision that breaks them.
+    """
+
+    batch: Sequence[tuple[RequestView, int]] = ()
+    preempt: Sequence[RequestView] = ()
+    reject: Sequence[tuple[RequestView, str]] = ()
+
+
+EMPTY_DECISION = Decision()
+
+
+class PolicyError(RuntimeError):
+    """A policy returned a decision that breaks the scheduler's limits (a policy bug)."""
+
+
+@dataclass(frozen=True)
+class PolicyOptions:
+    """Base of every policy's options; subclasses add fields with defaults."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Policy(ABC):
+    name: ClassVar[str]
+    Options: ClassVar[type[PolicyOptions]] = PolicyOptions
+
+    def __init__(self, options: PolicyOptions, latency_model: LatencyModel,
+                 config: SchedulerConfig) -> None:
+        self.options = options
+        self.latency_model = latency_model
+        self.config = config
+
+    def on_arrival(self, request: RequestView, view: SchedulerView) -> None:
+        """A request entered the waiting queue."""
+
+    def on_finish(self, request: RequestView, view: SchedulerView) -> None:
+        """A request completed, was rejected or was aborted."""
+
+    @abstractmethod
+    def schedule(self, view: SchedulerView) -> Decision:
+        """Decide the next iteration."""
+
+    def state(self) -> dict[str, Any]:
+        """Policy state for dashboards and debugging (JSON-serializable)."""
+        return {}
+
+
+@dataclass
+class Budget:
+    """A policy's running tally of what one iteration may still take: tokens, rows, KV blocks.
+
+    Policies use it to build decisions that the scheduler will accept.
+    """
+
+    view: SchedulerView
+    max_rows: int
+    tokens_left: int = field(init=False)
+    rows_left: int = field(init=False)
+    blocks_left: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        cfg = self.view.config
+        self.tokens_left = cfg.max_num_batched_tokens
+        self.rows_left = min(self.max_rows, cfg.max_num_seqs)
+        self.blocks_left = self.view.num_free_blocks
+
+    def take(self, request: RequestView, num_tokens: int) -> bool:
+        """Reserve a row, `num_tokens` tokens and their KV blocks, if all fit."""
+        if self.rows_left <= 0 or num_tokens > self.tokens_left or num_tokens <= 0:
+            return False
+        blocks = self.view.num_blocks_needed(request, num_tokens)
+        if blocks > self.blocks_left:
+            return False
+        self.rows_left -= 1
+        self.tokens_left -= num_tokens
+        self.blocks_left -= blocks
+        return True
+
+    def release(self, request: RequestView) -> None:
+        """Count the blocks of a request the policy preempts as free."""
+        self.blocks_left += self.view.num_blocks_held(request)
+
+
+def tokens_to_compute(request: RequestView) -> int:
+    """Tokens the request must compute to sample its next token (1 for a decode step)."""
+    return request.num_tokens - request.num_computed_tokens

@@ -1,0 +1,67 @@
+"""Orca: iteration-level FCFS with whole-prompt prefill and full KV reservation.
+
+Admit in arrival order while the batch is under `max_batch_size` and the KV cache can reserve
+`prompt + max_tokens` for the request; a new request prefills its whole prompt in its first
+iteration; nothing is ever preempted. Every admitted request computes in every iteration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sliceserve.core.kv_blocks import blocks_for_tokens
+from sliceserve.policies.base import (
+    Decision,
+    Policy,
+    PolicyOptions,
+    RequestView,
+    SchedulerView,
+    tokens_to_compute,
+)
+from sliceserve.policies.registry import register
+
+
+@dataclass(frozen=True)
+class OrcaOptions(PolicyOptions):
+    max_batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+
+
+@register
+class OrcaPolicy(Policy):
+    name = "orca"
+    Options = OrcaOptions
+    options: OrcaOptions
+
+    def reserved_blocks(self, request: RequestView) -> int:
+        """Blocks a request may ever need: its prompt plus all of its output."""
+        return blocks_for_tokens(request.num_prompt_tokens + request.max_tokens,
+                                 self.config.block_size)
+
+    def schedule(self, view: SchedulerView) -> Decision:
+        cfg = view.config
+        tokens_left = cfg.max_num_batched_tokens
+        batch: list[tuple[RequestView, int]] = []
+        reserved = 0
+        for request in view.running:
+            reserved += self.reserved_blocks(request)
+            n = min(tokens_to_compute(request), tokens_left)
+            if n > 0:
+                batch.append((request, n))
+                tokens_left -= n
+        rows = len(view.running)
+        for request in view.waiting:
+            if rows >= self.options.max_batch_size or tokens_left <= 0:
+                break
+            need = self.reserved_blocks(request)
+            if reserved + need > cfg.num_kv_blocks:
+                break  # FCFS: the head waits for memory; nobody overtakes it
+            n = min(tokens_to_compute(request), tokens_left)
+            batch.append((request, n))
+            tokens_left -= n
+            reserved += need
+            rows += 1
+        return Decision(batch=batch)

@@ -1,0 +1,52 @@
+"""Policies by name. Each policy module registers its class; options come as a dict."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from sliceserve.config import SchedulerConfig
+from sliceserve.latency_model import LatencyModel
+from sliceserve.policies.base import Policy
+
+_REGISTRY: dict[str, type[Policy]] = {}
+
+
+def register(cls: type[Policy]) -> type[Policy]:
+    if cls.name in _REGISTRY:
+        raise ValueError(f"policy {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def policy_names() -> list[str]:
+    _load_builtins()
+    return list(_REGISTRY)
+
+
+def policy_class(name: str) -> type[Policy]:
+    _load_builtins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown policy {name!r}; valid: {', '.join(_REGISTRY)}") from None
+
+
+def make_policy(name: str, latency_model: LatencyModel, config: SchedulerConfig,
+                options: dict[str, Any] | None = None) -> Policy:
+    cls = policy_class(name)
+    valid = {f.name for f in dataclasses.fields(cls.Options)}
+    unknown = set(options or {}) - valid
+    if unknown:
+        raise ValueError(f"policy {name!r} has no option(s) {sorted(unknown)}; "
+                         f"valid: {', '.join(sorted(valid)) or 'none'}")
+    try:
+        opts = cls.Options(**(options or {}))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"policy {name!r}: bad option: {e}") from None
+    return cls(opts, latency_model, config)
+
+
+def _load_builtins() -> None:
+    # Importing a policy module registers it; done lazily to keep imports one-way.
+    from sliceserve.policies import edf, fastserve, orca, slice, slice_paper, vllm  # noqa: F401
