@@ -24,7 +24,12 @@ class SchedulerConfig:
                      "max_model_len"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"SchedulerConfig.{name} must be a positive integer, got {value!r}")
+                raise ValueError(
+                    f"SchedulerConfig.{name} must be a positive integer, got {value!r}")
+
+    def blocks_for(self, num_tokens: int) -> int:
+        """KV blocks that hold `num_tokens` tokens."""
+        return -(-num_tokens // self.block_size)
 
     @property
     def kv_capacity_tokens(self) -> int:

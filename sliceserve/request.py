@@ -157,7 +157,8 @@ class Request:
 
     @property
     def is_finished(self) -> bool:
-        return self.status in _FINISHED
+        status = self.status
+        return status is not RequestStatus.RUNNING and status is not RequestStatus.WAITING
 
     @property
     def ttft_deadline_s(self) -> float:

@@ -33,22 +33,31 @@ class BlockManager:
 
     def num_needed(self, request: Request, num_new_tokens: int) -> int:
         """Blocks to add so that `request` can compute `num_new_tokens` more tokens."""
-        total = blocks_for_tokens(request.num_computed_tokens + num_new_tokens, self.block_size)
-        return max(0, total - self.num_held(request.request_id))
+        total = -(-(request.num_computed_tokens + num_new_tokens) // self.block_size)
+        table = self._tables.get(request.request_id)
+        if table:
+            total -= len(table)
+        return total if total > 0 else 0
 
     def can_allocate(self, request: Request, num_new_tokens: int) -> bool:
         return self.num_needed(request, num_new_tokens) <= len(self._free)
 
     def allocate(self, request: Request, num_new_tokens: int) -> list[int]:
+        """Extend the request's table to cover `num_new_tokens` more tokens; return the table.
+
+        Raises MemoryError, changing nothing, when too few blocks are free.
+        """
         needed = self.num_needed(request, num_new_tokens)
-        if needed > len(self._free):
+        free = self._free
+        if needed > len(free):
             raise MemoryError(
                 f"KV cache exhausted: {request.request_id} needs {needed} blocks, "
-                f"{len(self._free)} free"
+                f"{len(free)} free"
             )
         table = self._tables.setdefault(request.request_id, [])
-        for _ in range(needed):
-            table.append(self._free.pop())
+        if needed:
+            table.extend(free[-needed:][::-1])
+            del free[-needed:]
         return table
 
     def free(self, request_id: str) -> None:

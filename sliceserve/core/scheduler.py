@@ -25,11 +25,13 @@ FinishListener = Callable[[Request], None]
 class _View:
     """The read-only face of the scheduler that policies see."""
 
-    __slots__ = ("_s", "now_s")
+    __slots__ = ("_s", "now_s", "num_blocks_needed")
 
     def __init__(self, scheduler: Scheduler) -> None:
         self._s = scheduler
         self.now_s = 0.0
+        # Bound directly: the hottest query of policies.
+        self.num_blocks_needed = scheduler.blocks.num_needed
 
     @property
     def waiting(self) -> Sequence[RequestView]:
@@ -46,9 +48,6 @@ class _View:
     @property
     def num_free_blocks(self) -> int:
         return self._s.blocks.num_free_blocks
-
-    def num_blocks_needed(self, request: RequestView, num_new_tokens: int) -> int:
-        return self._s.blocks.num_needed(request, num_new_tokens)  # type: ignore[arg-type]
 
     def num_blocks_held(self, request: RequestView) -> int:
         return self._s.blocks.num_held(request.request_id)
@@ -139,7 +138,8 @@ class Scheduler:
         for view in decision.preempt:
             request = self._own(view)
             if request.status is not RequestStatus.RUNNING:
-                raise PolicyError(f"cannot preempt {request.request_id}: it is {request.status.value}")
+                raise PolicyError(
+                    f"cannot preempt {request.request_id}: it is {request.status.value}")
             self._preempt(request)
             preempted.append(request.request_id)
         if len(decision.batch) > self.config.max_num_seqs:
@@ -148,24 +148,28 @@ class Scheduler:
         chunks = []
         num_tokens = 0
         blocks = self.blocks
+        requests = self._requests
         seen = set()
         for view, num_new in decision.batch:
-            request = self._own(view)
-            rid = request.request_id
+            rid = view.request_id
+            request = requests.get(rid)
+            if request is None:
+                raise PolicyError(f"policy named unknown or finished request {rid!r}")
             computed = request.num_computed_tokens
-            if rid in seen or num_new < 1 or computed + num_new > request.num_tokens:
+            total = request.num_prompt_tokens + len(request.output_token_ids)
+            if rid in seen or num_new < 1 or computed + num_new > total:
                 raise PolicyError(f"bad batch entry for {rid}: {num_new} tokens at "
-                                  f"{computed}/{request.num_tokens} (or listed twice)")
+                                  f"{computed}/{total} (or listed twice)")
             seen.add(rid)
-            if not blocks.can_allocate(request, num_new):
-                raise PolicyError(f"KV cache cannot hold {rid} (+{num_new} tokens): "
-                                  f"{blocks.num_free_blocks} blocks free")
+            try:
+                table = blocks.allocate(request, num_new)
+            except MemoryError as e:
+                raise PolicyError(f"policy overcommitted the KV cache: {e}") from None
             if request.status is RequestStatus.WAITING:
                 self._admit(request)
-            table = blocks.allocate(request, num_new)
             num_tokens += num_new
-            chunks.append(ScheduledChunk(request, num_new, computed,
-                                         computed + num_new == request.num_tokens, tuple(table)))
+            chunks.append(ScheduledChunk(request, num_new, computed, computed + num_new == total,
+                                         tuple(table)))
         if num_tokens > self.config.max_num_batched_tokens:
             raise PolicyError(f"batch of {num_tokens} tokens exceeds the budget "
                               f"{self.config.max_num_batched_tokens}")

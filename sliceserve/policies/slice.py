@@ -1,1 +1,470 @@
-"""placeholder"""
+"""SLICE, full mode (`slice`, the default): the paper's idea, made to hold on a real engine.
+
+Selection (re-planned on every arrival and completion, and every `replan_interval_ratio` of a
+period): each candidate gets a required decode rate v_i per period P, from its TPOT and, with
+`deadlines`, from the tokens it still owes and the time left (its explicit deadline, and the
+implicit one of its mean TPOT). Candidates are ranked by utility per decode slot, U_i / v_i,
+and added greedily while the mask still runs within the period (T from the mask's actual
+column counts, plus the prefills still to run) and, with `memory_aware`, while their whole
+lifetime fits the KV cache. Each improvement over the paper is a named option:
+
+- spread_mask: a row's ones are spread evenly over the period by integer credits (Bresenham),
+  so the gap between two tokens stays near P / v_i. Credits persist across re-plans, so a
+  re-plan never starves a row whose ones fall late in the period.
+- prefill_aware: pending prefills (chunked, `prefill_chunk_tokens` per iteration, earliest
+  TTFT deadline first) are charged to the period, and a new request is admitted only if its
+  predicted TTFT holds without breaking the predicted TTFT of prefills already admitted.
+- ttft_urgency: a request that has not started and whose first-token deadline is more than a
+  period away can wait a period at no loss; it ranks after the urgent ones.
+- memory_aware: the selected set's lifetime KV (prompt + max_tokens) fits the cache; when the
+  cache runs short, unselected requests are preempted by recompute.
+- skip_and_continue: a candidate that does not fit is skipped, not the end of the selection.
+- work_conserving: capacity the selected rows leave in the period goes to unselected requests
+  (feasible ones by rank, then triaged ones oldest first), charged at their marginal latency.
+- triage: a request whose SLO can no longer be met (TTFT passed without a first token, or
+  remaining tokens beyond reach even alone) leaves the selection for good and runs on leftover
+  capacity, or is rejected with a reason when `reject_infeasible`.
+- aging: a waiting request's rank grows with its waiting time, up to `aging_max_factor`;
+  a started request already ranks at the cap, so it is never evicted by an equal newcomer.
+- best_effort_share: when requests are left out, this share of the period is kept for them,
+  so triaged requests finish even under sustained overload.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any, Literal
+
+from sliceserve.policies.base import (
+    Budget,
+    Decision,
+    Policy,
+    PolicyOptions,
+    RequestView,
+    SchedulerView,
+    tokens_to_compute,
+)
+from sliceserve.policies.registry import register
+from sliceserve.policies.slice_mask import decode_rate, period_ms, spread_row
+
+TIER_URGENT, TIER_DEFERRABLE, TIER_TRIAGED = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class SliceOptions(PolicyOptions):
+    period_ratio: float = 1.0  # P = 1 s x period_ratio
+    max_rows: int = 16  # selected rows (the paper's cap)
+    spread_mask: bool = True
+    prefill_aware: bool = True
+    ttft_urgency: bool = True
+    memory_aware: bool = True
+    skip_and_continue: bool = True
+    work_conserving: bool = True
+    deadlines: bool = True
+    triage: bool = True
+    aging: bool = True
+    aging_time_s: float = 5.0  # waiting this long doubles a request's rank ...
+    aging_max_factor: float = 4.0  # ... up to this factor
+    best_effort_share: float = 0.05  # of the period, kept for unselected requests
+    headroom: float = 0.0  # of the period, kept free for latency-prediction error
+    prefill_chunk_tokens: int = 512  # prefill tokens per iteration
+    max_extra_rows: int = 16  # unselected rows added to one iteration
+    replan_interval_ratio: float = 0.25  # re-plan at least this often (x P)
+    reject_infeasible: bool = False  # triaged requests are rejected instead of kept
+    # "utility_rate": U / v, the paper's utility per decode slot of a period. "utility_per_token":
+    # U / (v x tokens still owed), utility per decode slot over the request's remaining life.
+    rank: Literal["utility_rate", "utility_per_token"] = "utility_per_token"
+
+    def __post_init__(self) -> None:
+        if not self.period_ratio > 0:
+            raise ValueError("period_ratio must be > 0")
+        for name in ("max_rows", "prefill_chunk_tokens", "max_extra_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        for name in ("best_effort_share", "headroom"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1)")
+        if self.aging_time_s <= 0 or self.aging_max_factor < 1:
+            raise ValueError("aging_time_s must be > 0 and aging_max_factor >= 1")
+        if self.rank not in ("utility_rate", "utility_per_token"):
+            raise ValueError("rank must be 'utility_rate' or 'utility_per_token'")
+        if self.replan_interval_ratio <= 0:
+            raise ValueError("replan_interval_ratio must be > 0")
+
+
+@dataclass(slots=True)
+class _Candidate:
+    request: RequestView
+    rate: int  # decode iterations per period
+    tier: int
+    rank: float  # utility per decode slot, aged; higher first
+    prefill_tokens: int  # tokens to compute before the next token (0 when decoding)
+    charge_ms: float  # marginal latency of that prefill
+    lifetime_blocks: int
+
+
+@dataclass(slots=True)
+class _Pending:
+    """An admitted prefill, for the TTFT prediction."""
+
+    deadline_s: float  # first-token deadline (inf for a recompute)
+    tokens: int
+    charge_ms: float
+
+
+@register
+class SlicePolicy(Policy):
+    name = "slice"
+    Options = SliceOptions
+    options: SliceOptions
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.period_ms = 1000.0 * self.options.period_ratio
+        lm = self.latency_model
+        self._l = lm.decode_latency_ms
+        self._max_rate = max(1, int(self.period_ms // self._l(1)))
+        self._active: dict[str, RequestView] = {}  # not triaged, unfinished
+        self._triaged: dict[str, RequestView] = {}
+        # Triaged requests by utility, each bucket oldest triage first: served in that order.
+        self._triaged_by_utility: dict[float, dict[str, RequestView]] = {}
+        self._dirty = True
+        self._next_replan_s = 0.0
+        # The plan (filled by _replan).
+        self._rows: list[tuple[RequestView, int]] = []  # selected, decode rates
+        self._selected: set[str] = set()
+        self._prefills: list[RequestView] = []  # selected rows still to prefill, EDF order
+        self._extras: list[RequestView] = []  # unselected, in serving order
+        self._width = 0
+        self._credit: dict[str, int] = {}
+        self._period_used_ms = 0.0
+        self._extra_ms_per_iter = 0.0
+        self._bucket_ms = 0.0
+        self._to_reject: list[tuple[RequestView, str]] = []
+
+    # --- events ---
+    def on_arrival(self, request: RequestView, view: SchedulerView) -> None:
+        self._active[request.request_id] = request
+        self._dirty = True
+
+    def on_finish(self, request: RequestView, view: SchedulerView) -> None:
+        rid = request.request_id
+        self._active.pop(rid, None)
+        if self._triaged.pop(rid, None) is not None:
+            bucket = self._triaged_by_utility[request.slo.utility]
+            del bucket[rid]
+            if not bucket:
+                del self._triaged_by_utility[request.slo.utility]
+        self._credit.pop(rid, None)
+        self._dirty = True
+
+    # --- assessment of one candidate ---
+    def _assess(self, r: RequestView, now_s: float) -> _Candidate | None:
+        """Rate, tier and rank of a candidate; None when it is triaged."""
+        opts, lm, slo = self.options, self.latency_model, r.slo
+        l1 = self._l(1)
+        todo = tokens_to_compute(r)
+        prefill = todo if todo > 1 else 0
+        prefill_ms = lm.prefill_ms(todo) if prefill else 0.0
+        rate = decode_rate(self.period_ms, slo.tpot_ms)
+        started = r.first_token_s is not None
+        owed = r.remaining_output_tokens  # tokens still to produce
+        if started:
+            ends = [r.first_token_s + (r.max_tokens - 1) * slo.tpot_ms / 1000.0]
+        else:
+            first_s = now_s + (prefill_ms or l1) / 1000.0
+            if first_s > r.ttft_deadline_s:
+                return None  # TTFT cannot be met any more
+            ends = []
+            owed -= 1
+            now_s = first_s
+        if r.deadline_s is not None:
+            ends.append(r.deadline_s)
+        if ends and owed > 0:
+            left_ms = (min(ends) - now_s) * 1000.0 - (prefill_ms if started else 0.0)
+            if left_ms < owed * l1:
+                return None  # not even alone
+            if opts.deadlines:
+                rate = max(rate, math.ceil(self.period_ms * owed / left_ms - 1e-9))
+        if rate > self._max_rate:
+            return None
+        tier = TIER_URGENT
+        if (opts.ttft_urgency and not started
+                and r.ttft_deadline_s - now_s > self.period_ms / 1000.0):
+            tier = TIER_DEFERRABLE
+        factor = 1.0
+        if opts.aging:
+            waited = 0.0 if started else now_s - r.arrival_s
+            factor = opts.aging_max_factor if started else min(
+                opts.aging_max_factor, 1.0 + waited / opts.aging_time_s)
+        charge = (lm.prefill_ms_per_token + lm.context_ms_per_token) * prefill
+        lifetime = self.config.blocks_for(r.num_prompt_tokens + r.max_tokens)
+        rank = slo.utility / rate * factor
+        if opts.rank == "utility_per_token":
+            rank /= r.remaining_output_tokens + prefill * lm.prefill_ms_per_token / l1
+        return _Candidate(r, rate, tier, rank, prefill, charge, lifetime)
+
+    # --- selection ---
+    def _replan(self, view: SchedulerView) -> None:
+        opts, now = self.options, view.now_s
+        candidates = []
+        for rid, r in list(self._active.items()):
+            c = self._assess(r, now)
+            if c is None and opts.triage:
+                del self._active[rid]
+                self._triaged[rid] = r
+                self._triaged_by_utility.setdefault(r.slo.utility, {})[rid] = r
+                if opts.reject_infeasible:
+                    self._to_reject.append((r, "rejected: its SLO can no longer be met"))
+            elif c is None:  # without triage a lost cause competes like any other
+                c = self._assess_lost(r)
+            if c is not None:
+                candidates.append(c)
+        candidates.sort(key=lambda c: (c.tier, -c.rank, c.request.first_token_s is None,
+                                       c.request.arrival_s))
+        leftover = bool(self._triaged) or len(candidates) > opts.max_rows
+        budget_ms = self.period_ms * (1.0 - opts.headroom)
+        if leftover:
+            budget_ms *= 1.0 - opts.best_effort_share
+        chosen = self._select(candidates, budget_ms, view, now)
+        self._install(chosen, candidates, budget_ms)
+        self._dirty = False
+        self._next_replan_s = now + self.period_ms / 1000.0 * opts.replan_interval_ratio
+
+    def _assess_lost(self, r: RequestView) -> _Candidate:
+        rate = min(self._max_rate, decode_rate(self.period_ms, r.slo.tpot_ms))
+        todo = tokens_to_compute(r)
+        prefill = todo if todo > 1 else 0
+        lm = self.latency_model
+        charge = (lm.prefill_ms_per_token + lm.context_ms_per_token) * prefill
+        lifetime = self.config.blocks_for(r.num_prompt_tokens + r.max_tokens)
+        return _Candidate(r, rate, TIER_URGENT, r.slo.utility / rate, prefill, charge, lifetime)
+
+    def _select(self, candidates: list[_Candidate], budget_ms: float, view: SchedulerView,
+                now_s: float) -> list[_Candidate]:
+        opts = self.options
+        chosen: list[_Candidate] = []
+        counts: list[int] = []
+        width = 0
+        charges_ms = 0.0
+        blocks = 0
+        pending: list[_Pending] = []
+        total_blocks = view.config.num_kv_blocks
+        for c in candidates:
+            if len(chosen) >= opts.max_rows:
+                break
+            fits = not opts.memory_aware or blocks + c.lifetime_blocks <= total_blocks
+            if fits:
+                new_width = max(width, c.rate)
+                new_counts = (self._columns(chosen + [c], new_width) if new_width != width
+                              else self._add_row(counts, c, width))
+                t_ms = period_ms(new_counts, self._l)
+                fits = t_ms + charges_ms + (c.charge_ms if opts.prefill_aware else 0) <= budget_ms
+            if fits and opts.prefill_aware and c.prefill_tokens:
+                fits = self._ttft_holds(pending, c, t_ms / max(new_width, 1), now_s)
+            if not fits:
+                if opts.skip_and_continue:
+                    continue
+                break
+            chosen.append(c)
+            counts, width = new_counts, new_width
+            blocks += c.lifetime_blocks
+            if c.prefill_tokens:
+                charges_ms += c.charge_ms
+                pending.append(self._pending(c))
+        return chosen
+
+    def _pending(self, c: _Candidate) -> _Pending:
+        started = c.request.first_token_s is not None
+        return _Pending(math.inf if started else c.request.ttft_deadline_s, c.prefill_tokens,
+                        c.charge_ms)
+
+    def _ttft_holds(self, pending: list[_Pending], c: _Candidate, column_ms: float,
+                    now_s: float) -> bool:
+        """Predicted first tokens, prefills run earliest deadline first, all still on time."""
+        queue = sorted([*pending, self._pending(c)], key=lambda p: p.deadline_s)
+        chunk = self.options.prefill_chunk_tokens
+        t_ms, tokens = 0.0, 0
+        for p in queue:
+            tokens += p.tokens
+            t_ms += p.charge_ms
+            done_s = now_s + (t_ms + math.ceil(tokens / chunk) * max(column_ms, self._l(1))) / 1e3
+            if done_s > p.deadline_s:
+                return False
+        return True
+
+    def _row_columns(self, c: _Candidate, width: int) -> Iterable[int]:
+        if not self.options.spread_mask:
+            return range(c.rate)
+        rid = c.request.request_id
+        credit = self._credit.get(rid, width - c.rate)
+        return spread_row(c.rate, width, min(max(credit, 0), width - 1))
+
+    def _add_row(self, counts: list[int], c: _Candidate, width: int) -> list[int]:
+        new = list(counts)
+        for col in self._row_columns(c, width):
+            new[col] += 1
+        return new
+
+    def _columns(self, rows: list[_Candidate], width: int) -> list[int]:
+        counts = [0] * width
+        for c in rows:
+            for col in self._row_columns(c, width):
+                counts[col] += 1
+        return counts
+
+    def _install(self, chosen: list[_Candidate], candidates: list[_Candidate],
+                 budget_ms: float) -> None:
+        old_width = self._width
+        width = max((c.rate for c in chosen), default=0)
+        credit = {}
+        for c in chosen:
+            rid = c.request.request_id
+            if rid in self._credit and old_width:
+                credit[rid] = min(width - 1, self._credit[rid] * width // old_width)
+            else:
+                credit[rid] = width - c.rate  # served in the first iteration it can decode
+        self._credit = credit
+        self._width = width
+        self._rows = [(c.request, c.rate) for c in chosen]
+        self._selected = {c.request.request_id for c in chosen}
+        self._prefills = sorted((c.request for c in chosen if c.prefill_tokens),
+                                key=lambda r: r.ttft_deadline_s if r.first_token_s is None
+                                else math.inf)
+        self._extras = [c.request for c in candidates
+                        if c.request.request_id not in self._selected]
+        counts = self._columns(chosen, width)
+        t_ms = period_ms(counts, self._l)
+        charges = sum(c.charge_ms for c in chosen if c.prefill_tokens)
+        self._period_used_ms = t_ms + charges
+        spare = max(0.0, self.period_ms - self._period_used_ms)
+        self._extra_ms_per_iter = spare / width if width else 0.0
+
+    # --- one iteration ---
+    def schedule(self, view: SchedulerView) -> Decision:
+        if self._dirty or view.now_s >= self._next_replan_s:
+            self._replan(view)
+        reject, self._to_reject = self._to_reject, []
+        rejected = {r.request_id for r, _ in reject}
+        budget = Budget(view, max_rows=self.options.max_rows + self.options.max_extra_rows)
+        batch: list[tuple[RequestView, int]] = []
+        in_batch: set[str] = set()
+        preempt: list[RequestView] = []
+        victims = self._victims(view, rejected)
+
+        def add(r: RequestView, n: int) -> bool:
+            if r.request_id in in_batch or r.request_id in rejected:
+                return False
+            fitted = budget.take(r, n)
+            while not fitted and victims and budget.rows_left > 0 and n <= budget.tokens_left:
+                victim = victims.pop()
+                if victim.request_id in in_batch:
+                    continue
+                preempt.append(victim)
+                budget.release(victim)
+                fitted = budget.take(r, n)
+            if fitted:
+                batch.append((r, n))
+                in_batch.add(r.request_id)
+            return fitted
+
+        self._run_mask(add)
+        self._run_prefills(add, budget)
+        self._run_extras(add, budget, batch)
+        if not batch:  # never idle while something can run
+            for r in chain(self._rows_requests(), self._extras, self._triaged_in_order()):
+                if add(r, min(tokens_to_compute(r), budget.tokens_left)):
+                    break
+        return Decision(batch=batch, preempt=preempt, reject=reject)
+
+    def _triaged_in_order(self) -> Iterator[RequestView]:
+        """Best-effort order of triaged requests: higher utility first, then oldest triage."""
+        for utility in sorted(self._triaged_by_utility, reverse=True):
+            yield from self._triaged_by_utility[utility].values()
+
+    def _rows_requests(self) -> list[RequestView]:
+        return [r for r, _ in self._rows]
+
+    def _victims(self, view: SchedulerView, rejected: set[str]) -> list[RequestView]:
+        """Running requests that may lose their KV; the list is popped from its end.
+
+        First to go: triaged requests, newest first; then unselected ones, lowest rank first;
+        last (only when the KV cache is overcommitted): selected rows, newest first.
+        """
+        ranked = {r.request_id: i for i, r in enumerate(self._extras)}
+        selected, others, triaged = [], [], []
+        for r in view.running:
+            rid = r.request_id
+            if rid in rejected:
+                continue
+            if rid in self._selected:
+                selected.append(r)
+            elif rid in self._triaged:
+                triaged.append(r)
+            else:
+                others.append(r)
+        others.sort(key=lambda r: ranked.get(r.request_id, len(ranked)))
+        return [*selected, *others, *triaged]
+
+    def _run_mask(self, add: Any) -> None:
+        """Decode rows whose credit falls due in this iteration (one column of the mask)."""
+        width = self._width
+        for r, rate in self._rows:
+            if tokens_to_compute(r) != 1:
+                continue  # still prefilling: its credits start when it decodes
+            rid = r.request_id
+            credit = self._credit.get(rid, width - rate) + rate
+            if credit >= width and add(r, 1):
+                credit -= width
+            self._credit[rid] = min(credit, 2 * width)
+
+    def _run_prefills(self, add: Any, budget: Budget) -> None:
+        chunk_left = self.options.prefill_chunk_tokens
+        for r in self._prefills:
+            todo = tokens_to_compute(r)
+            if todo <= 1:
+                continue
+            n = min(todo, chunk_left, budget.tokens_left)
+            if n <= 0:
+                break
+            if add(r, n):
+                chunk_left -= n
+
+    def _run_extras(self, add: Any, budget: Budget, batch: list) -> None:
+        opts = self.options
+        if self._rows and not opts.work_conserving:
+            return
+        if self._rows:
+            self._bucket_ms = min(self._bucket_ms + self._extra_ms_per_iter,
+                                  self.period_ms - self._period_used_ms)
+        rows = len(batch)
+        extras_left = opts.max_extra_rows
+        chunk_left = opts.prefill_chunk_tokens
+        lm = self.latency_model
+        for r in chain(self._extras, self._triaged_in_order()):
+            if extras_left <= 0 or budget.rows_left <= 0 or budget.tokens_left <= 0:
+                break
+            todo = tokens_to_compute(r)
+            n = min(todo, budget.tokens_left, chunk_left) if todo > 1 else 1
+            cost = self._l(rows + 1) - self._l(rows) + lm.prefill_ms_per_token * (n - 1)
+            if self._rows and cost > self._bucket_ms:
+                break
+            if add(r, n):
+                rows += 1
+                extras_left -= 1
+                if n > 1:
+                    chunk_left -= n
+                if self._rows:
+                    self._bucket_ms -= cost
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "selected": {r.request_id: v for r, v in self._rows},
+            "width": self._width,
+            "period_used_ms": round(self._period_used_ms, 3),
+            "triaged": len(self._triaged),
+            "best_effort": len(self._extras),
+        }
