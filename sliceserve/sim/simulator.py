@@ -57,9 +57,11 @@ def simulate(requests: Sequence[Request], policy: Policy, latency_model: Latency
                 clock.advance_to(pending[i].arrival_s)
             elif engine.has_unfinished():
                 _abort_all(engine, STALL_REASON)
-    for request in pending[i:]:  # arrivals after a time limit still count: aborted
-        engine.add_request(request)
-        engine.abort(request.request_id, f"aborted: simulation time limit {max_time_s} s reached")
+    scheduler = engine.scheduler
+    for request in pending[i:]:  # arrivals after a time limit still count: aborted on arrival
+        scheduler.add_request(request, request.arrival_s)  # so that finish_s >= arrival_s
+        scheduler.abort(request.request_id, request.arrival_s,
+                        f"aborted: simulation time limit {max_time_s} s reached")
     end = max((r.finish_s or 0.0 for r in pending), default=0.0)
     return SimulationResult(list(pending), end, engine.scheduler.num_iterations)
 
