@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sliceserve.core.kv_blocks import blocks_for_tokens
 from sliceserve.policies.base import (
     Decision,
     Policy,
@@ -38,8 +37,7 @@ class OrcaPolicy(Policy):
 
     def reserved_blocks(self, request: RequestView) -> int:
         """Blocks a request may ever need: its prompt plus all of its output."""
-        return blocks_for_tokens(request.num_prompt_tokens + request.max_tokens,
-                                 self.config.block_size)
+        return self.config.blocks_for(request.num_prompt_tokens + request.max_tokens)
 
     def schedule(self, view: SchedulerView) -> Decision:
         cfg = view.config
@@ -53,8 +51,9 @@ class OrcaPolicy(Policy):
                 batch.append((request, n))
                 tokens_left -= n
         rows = len(view.running)
+        max_rows = min(self.options.max_batch_size, cfg.max_num_seqs)
         for request in view.waiting:
-            if rows >= self.options.max_batch_size or tokens_left <= 0:
+            if rows >= max_rows or tokens_left <= 0:
                 break
             need = self.reserved_blocks(request)
             if reserved + need > cfg.num_kv_blocks:
