@@ -353,10 +353,12 @@ class SlicePolicy(Policy):
         batch: list[tuple[RequestView, int]] = []
         in_batch: set[str] = set()
         preempt: list[RequestView] = []
+        preempted: set[str] = set()
         victims = self._victims(view, rejected)
 
         def add(r: RequestView, n: int) -> bool:
-            if r.request_id in in_batch or r.request_id in rejected:
+            rid = r.request_id
+            if rid in in_batch or rid in rejected or rid in preempted:
                 return False
             fitted = budget.take(r, n)
             while not fitted and victims and budget.rows_left > 0 and n <= budget.tokens_left:
@@ -364,11 +366,12 @@ class SlicePolicy(Policy):
                 if victim.request_id in in_batch:
                     continue
                 preempt.append(victim)
+                preempted.add(victim.request_id)
                 budget.release(victim)
                 fitted = budget.take(r, n)
             if fitted:
                 batch.append((r, n))
-                in_batch.add(r.request_id)
+                in_batch.add(rid)
             return fitted
 
         self._run_mask(add)
