@@ -1,0 +1,322 @@
+"""The `sliceserve` command line: simulate one run, sweep policies x rates, inspect results.
+
+    sliceserve simulate --workload edge --policy orca --rate 1.5 --out run.json
+    sliceserve sweep --workload paper --policies orca,slice --rates 0.2,0.4,0.8 \
+        --out sweep.json --plot sweep.png
+    sliceserve show sweep.json --plot sweep.png
+    sliceserve workload edge --latency-model paper
+
+Bad input ends with one line `error: ...` on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from sliceserve.latency_model import LatencyModel
+from sliceserve.latency_model import list_presets as latency_presets
+from sliceserve.metrics.results import dumps, load_results
+from sliceserve.metrics.table import run_table, sweep_table, workload_table
+from sliceserve.workloads import ARRIVALS, DEFAULT_CV, is_trace_path, load_workload
+from sliceserve.workloads import list_presets as workload_presets
+
+try:  # recent typer vendors click as typer._click; older versions raise click's own
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click.exceptions import ClickException, UsageError  # type: ignore[no-redef]
+
+EXIT_BAD_INPUT = 2
+METRICS = ("slo_attainment", "slo_attainment_strict", "utility_attainment")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="SLO-aware LLM serving for edge devices: simulate and compare policies.")
+
+WORKLOAD_HELP = (f"a preset ({', '.join(workload_presets())}), a workload JSON file, or a "
+                 ".jsonl trace (replayed at its own arrival times; --rate is then ignored)")
+LATENCY_HELP = f"a preset ({', '.join(latency_presets())}) or a latency model JSON file"
+OPTION_HELP = ("a policy option key=value (value parsed as JSON, else a string); "
+               "policy.key=value applies to one policy only; repeatable")
+
+
+class BadInput(ValueError):
+    """A user error found by the CLI itself."""
+
+
+# --- argument helpers ---
+
+def _console() -> Console:
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
+
+
+def _check_positive(name: str, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise BadInput(f"{name} must be a positive number, got {value:g}")
+
+
+def _check_common(num_requests: int, seed: int, cv: float, arrival: str) -> None:
+    if num_requests < 1:
+        raise BadInput(f"--num-requests must be >= 1, got {num_requests}")
+    if seed < 0:
+        raise BadInput(f"--seed must be >= 0, got {seed}")
+    _check_positive("--cv", cv)
+    if arrival not in ARRIVALS:
+        raise BadInput(f"--arrival must be one of {', '.join(ARRIVALS)}, got {arrival!r} "
+                       "(give a .jsonl --workload to replay a trace)")
+
+
+def _parse_rates(text: str) -> list[float]:
+    try:
+        rates = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise BadInput(f"--rates must be comma-separated numbers, got {text!r}") from None
+    if not rates:
+        raise BadInput("--rates needs at least one rate")
+    for rate in rates:
+        _check_positive("every rate in --rates", rate)
+    return list(dict.fromkeys(rates))
+
+
+def _parse_names(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise BadInput("--policies needs at least one policy name")
+    return list(dict.fromkeys(names))
+
+
+def parse_policy_options(items: Sequence[str], policies: Sequence[str]) -> dict[str, dict]:
+    """`key=value` for every policy, `policy.key=value` for one; values parsed as JSON."""
+    options: dict[str, dict[str, Any]] = {p: {} for p in policies}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise BadInput(f"--policy-option must look like key=value, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        target, dot, name = key.strip().rpartition(".")
+        if dot and target not in options:
+            raise BadInput(f"--policy-option {item!r} names policy {target!r}, which is not "
+                           f"in this run ({', '.join(policies)})")
+        for policy in [target] if dot else policies:
+            options[policy][name] = value
+    return options
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as e:
+        raise BadInput(f"cannot write {path}: {e.strerror}") from None
+    print(f"wrote {path}", file=sys.stderr)
+
+
+# --- commands ---
+
+# Options shared by `simulate` and `sweep`.
+WorkloadOpt = Annotated[str, typer.Option("--workload", "-w", help=WORKLOAD_HELP)]
+ArrivalOpt = Annotated[str, typer.Option(help="poisson or gamma")]
+CvOpt = Annotated[float, typer.Option(help="coefficient of variation of gamma arrivals")]
+NumRequestsOpt = Annotated[int, typer.Option("--num-requests", "-n")]
+SeedOpt = Annotated[int, typer.Option("--seed", "-s")]
+LatencyOpt = Annotated[str, typer.Option("--latency-model", "-l", help=LATENCY_HELP)]
+PolicyOptionOpt = Annotated[list[str] | None,
+                            typer.Option("--policy-option", help=OPTION_HELP)]
+ClassDefaultsOpt = Annotated[str | None, typer.Option(
+    help="for a trace: a workload whose classes give SLO defaults")]
+MaxTimeOpt = Annotated[float | None, typer.Option(
+    help="abort what is unfinished at this virtual time (s)")]
+PlotOpt = Annotated[Path | None, typer.Option("--plot", help="write the plots here (PNG)")]
+MetricOpt = Annotated[str, typer.Option(help=f"table metric: {', '.join(METRICS)}")]
+E2eRateOpt = Annotated[float | None, typer.Option(
+    help="rate of the E2E bar chart (default: the heaviest)")]
+
+
+@app.command()
+def simulate(
+    workload: WorkloadOpt,
+    policy: Annotated[str, typer.Option("--policy", "-p", help="a registered policy name")],
+    rate: Annotated[float | None, typer.Option(
+        "--rate", "-r", help="mean arrival rate, requests/s (default 1.0)")] = None,
+    arrival: ArrivalOpt = "poisson",
+    cv: CvOpt = DEFAULT_CV,
+    num_requests: NumRequestsOpt = 200,
+    seed: SeedOpt = 0,
+    latency_model: LatencyOpt = "paper",
+    policy_option: PolicyOptionOpt = None,
+    class_defaults: ClassDefaultsOpt = None,
+    max_time_s: MaxTimeOpt = None,
+    out: Annotated[Path | None, typer.Option(help="write the result JSON here")] = None,
+    table: Annotated[bool, typer.Option(help="print the console table")] = True,
+) -> None:
+    """Simulate one run of a workload under one policy: a table and a result JSON."""
+    from sliceserve.sim.run import simulate_run
+
+    _check_common(num_requests, seed, cv, arrival)
+    _check_positive("--rate", rate)
+    _check_positive("--max-time-s", max_time_s)
+    if rate is not None and is_trace_path(workload):
+        print("note: a trace replays its own arrival times; --rate is ignored", file=sys.stderr)
+    options = parse_policy_options(policy_option or [], [policy])[policy]
+    run = simulate_run(workload, policy, rate if rate is not None else 1.0, arrival,
+                       num_requests, seed, latency_model, options, cv=cv,
+                       class_defaults=class_defaults, max_time_s=max_time_s)
+    if table:
+        _console().print(run_table(run))
+    if out is not None:
+        _write(out, dumps(run))
+
+
+@app.command()
+def sweep(
+    workload: WorkloadOpt,
+    policies: Annotated[str | None, typer.Option(
+        help="comma-separated policy names (default: all registered)")] = None,
+    rates: Annotated[str, typer.Option(help="comma-separated arrival rates, requests/s")] = "",
+    arrival: ArrivalOpt = "poisson",
+    cv: CvOpt = DEFAULT_CV,
+    num_requests: NumRequestsOpt = 200,
+    seed: SeedOpt = 0,
+    latency_model: LatencyOpt = "paper",
+    policy_option: PolicyOptionOpt = None,
+    class_defaults: ClassDefaultsOpt = None,
+    max_time_s: MaxTimeOpt = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="worker processes")] = 1,
+    metric: MetricOpt = "slo_attainment",
+    out: Annotated[Path | None, typer.Option(help="write the JSON list of runs here")] = None,
+    plot: PlotOpt = None,
+    e2e_rate: E2eRateOpt = None,
+) -> None:
+    """Run every policy at every rate on the same traffic: a table, a JSON list, plots."""
+    from tqdm import tqdm
+
+    from sliceserve.policies.registry import policy_names
+    from sliceserve.sim.run import sweep as run_sweep
+
+    _check_common(num_requests, seed, cv, arrival)
+    _check_positive("--max-time-s", max_time_s)
+    if metric not in METRICS:
+        raise BadInput(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if jobs < 1:
+        raise BadInput(f"--jobs must be >= 1, got {jobs}")
+    names = _parse_names(policies) if policies is not None else policy_names()
+    trace = is_trace_path(workload)
+    rate_list = [] if trace and not rates else _parse_rates(rates)
+    if trace and rates:
+        print("note: a trace replays its own arrival times; --rates is ignored",
+              file=sys.stderr)
+    if e2e_rate is not None and e2e_rate not in rate_list:
+        raise BadInput(f"--e2e-rate {e2e_rate:g} is not one of --rates")
+    options = parse_policy_options(policy_option or [], names)
+    total = len(names) * (1 if trace else len(rate_list))
+    with tqdm(total=total, desc="sweep", unit="run", disable=None, file=sys.stderr) as bar:
+        def progress(done: int, total: int, run: dict[str, Any]) -> None:
+            bar.set_postfix_str(f"{run['policy']} @ {run['rate_rps'] or 'trace'}")
+            bar.update(1)
+
+        runs = run_sweep(workload, names, rate_list, arrival, num_requests, seed, latency_model,
+                         options, cv=cv, class_defaults=class_defaults, max_time_s=max_time_s,
+                         jobs=jobs, progress=progress)
+    _console().print(sweep_table(runs, metric))
+    if out is not None:
+        _write(out, dumps(runs))
+    if plot is not None:
+        _plot(runs, plot, e2e_rate, metric)
+
+
+@app.command()
+def show(
+    results: Annotated[list[Path], typer.Argument(help="result JSON files (a run or a list)")],
+    plot: PlotOpt = None,
+    metric: MetricOpt = "slo_attainment",
+    e2e_rate: E2eRateOpt = None,
+) -> None:
+    """Print the tables of result files (and plot them)."""
+    if metric not in METRICS:
+        raise BadInput(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    runs = [run for path in results for run in load_results(path)]
+    console = _console()
+    if len(runs) == 1:
+        console.print(run_table(runs[0]))
+    else:
+        console.print(sweep_table(runs, metric))
+    if plot is not None:
+        _plot(runs, plot, e2e_rate, metric)
+
+
+@app.command()
+def workload(
+    name: Annotated[str, typer.Argument(help=WORKLOAD_HELP.split(", or a .jsonl")[0])],
+    latency_model: Annotated[str | None, typer.Option(
+        "--latency-model", "-l", help=LATENCY_HELP + " (resolves relative SLOs)")] = None,
+) -> None:
+    """Validate a workload and show its classes (SLOs resolved at the mid lengths)."""
+    spec = load_workload(name)
+    model = LatencyModel.load(latency_model) if latency_model else None
+    _console().print(workload_table(spec, model))
+
+
+@app.command()
+def policies() -> None:
+    """List the registered policies."""
+    from sliceserve.policies.registry import policy_names
+
+    for name in policy_names():
+        print(name)
+
+
+# --- helpers of the commands ---
+
+def _plot(runs: list[dict[str, Any]], path: Path, e2e_rate: float | None, metric: str) -> None:
+    from sliceserve.metrics.plots import plot_sweep
+
+    try:
+        plot_sweep(runs, path, e2e_rate=e2e_rate, metric=metric)
+    except OSError as e:
+        raise BadInput(f"cannot write {path}: {e.strerror}") from None
+    print(f"wrote {path}", file=sys.stderr)
+
+
+# --- entry point ---
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: run the app; bad input -> one `error:` line on stderr, exit status 2."""
+    args = list(sys.argv[1:] if argv is None else argv) or ["--help"]
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=args, prog_name="sliceserve", standalone_mode=False)
+    except UsageError as e:
+        where = f" (see: sliceserve {e.ctx.info_name} --help)" if e.ctx else ""
+        if e.ctx is not None and e.ctx.parent is None:
+            where = " (see: sliceserve --help)"
+        print(f"error: {_one_line(e.format_message())}{where}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    except ClickException as e:
+        print(f"error: {_one_line(e.format_message())}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        sys.exit(1)
+    except (ValueError, OSError) as e:
+        message = str(e)
+        if isinstance(e, OSError) and e.strerror:
+            message = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+        print(f"error: {_one_line(message)}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""Result files (docs/RESULTS.md): one run object per run, a JSON list for a sweep.
+
+Writing is deterministic: keys in a fixed order, floats rounded to `SIGNIFICANT_DIGITS`
+significant digits, non-finite numbers as null, so the same inputs and seed give byte-identical
+files. Besides the documented keys a run carries `arrival_cv` (the gamma CV, else null) after
+`rate_rps`; readers must ignore keys they do not know.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sliceserve.metrics.slo import (
+    LATENCY_METRICS,
+    PERCENTILES,
+    RequestRecord,
+    compute_class_stats,
+    compute_stats,
+)
+
+SCHEMA = "sliceserve.run/v1"
+BACKENDS = ("sim", "engine", "http")
+SIGNIFICANT_DIGITS = 6
+RUN_KEYS = ("schema", "backend", "system", "policy", "policy_options", "workload", "arrival",
+            "rate_rps", "arrival_cv", "seed", "model", "device", "latency_model", "duration_s",
+            "summary", "classes")
+REQUIRED_RUN_KEYS = tuple(k for k in RUN_KEYS if k != "arrival_cv")
+COUNT_KEYS = ("n", "completed", "rejected", "aborted")
+RATIO_KEYS = ("slo_attainment", "slo_attainment_strict", "utility_attainment")
+RATE_KEYS = ("goodput_rps", "output_tok_s")
+STAT_KEYS = ("mean", *(f"p{p}" for p in PERCENTILES))
+
+
+def build_run(records: Sequence[RequestRecord], *, duration_s: float, backend: str,
+              system: str, policy: str, policy_options: dict[str, Any] | None, workload: str,
+              arrival: str, rate_rps: float | None, seed: int | None, model: str = "",
+              device: str = "", latency_model: str = "", arrival_cv: float | None = None,
+              class_order: Sequence[str] = ()) -> dict[str, Any]:
+    """The run object of docs/RESULTS.md from the records of every arrived request."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    run = {
+        "schema": SCHEMA,
+        "backend": backend,
+        "system": system,
+        "policy": policy,
+        "policy_options": dict(sorted((policy_options or {}).items())),
+        "workload": workload,
+        "arrival": arrival,
+        "rate_rps": rate_rps,
+        "arrival_cv": arrival_cv,
+        "seed": seed,
+        "model": model,
+        "device": device,
+        "latency_model": latency_model,
+        "duration_s": duration_s,
+        "summary": compute_stats(records, duration_s),
+        "classes": compute_class_stats(records, duration_s, class_order),
+    }
+    return run
+
+
+# --- writing ---
+
+def round_floats(value: Any, digits: int = SIGNIFICANT_DIGITS) -> Any:
+    """A copy with every float rounded to `digits` significant digits, non-finite -> None."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {str(k): round_floats(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [round_floats(v, digits) for v in value]
+    return value
+
+
+def dumps(obj: Any) -> str:
+    """Deterministic JSON text of a run or a list of runs (ending in a newline)."""
+    return json.dumps(round_floats(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def write_results(path: str | Path, obj: dict[str, Any] | Sequence[dict[str, Any]]) -> None:
+    data = obj if isinstance(obj, dict) else list(obj)
+    Path(path).write_text(dumps(data))
+
+
+# --- reading ---
+
+def load_results(path: str | Path) -> list[dict[str, Any]]:
+    """Runs from a result file (one run object or a list of them), validated."""
+    source = f"results {path}"
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise ValueError(f"{source}: cannot read it ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{source}: not valid JSON: {e}") from None
+    runs = [data] if isinstance(data, dict) else data
+    if not isinstance(runs, list):
+        raise ValueError(f"{source}: must hold a run object or a list of them")
+    for i, run in enumerate(runs):
+        validate_run(run, f"{source} run {i}" if len(runs) > 1 else source)
+    return runs
+
+
+def validate_run(run: Any, source: str = "run") -> None:
+    """Raise ValueError (one line, naming the field) if `run` breaks the v1 schema."""
+    if not isinstance(run, dict):
+        raise ValueError(f"{source}: a run must be a JSON object")
+    for key in REQUIRED_RUN_KEYS:
+        if key not in run:
+            raise ValueError(f"{source}: field {key}: missing")
+    if run["schema"] != SCHEMA:
+        raise ValueError(f"{source}: field schema: expected {SCHEMA!r}, got {run['schema']!r}")
+    if run["backend"] not in BACKENDS:
+        raise ValueError(f"{source}: field backend: must be one of {', '.join(BACKENDS)}")
+    for key in ("system", "policy", "workload", "arrival"):
+        if not isinstance(run[key], str):
+            raise ValueError(f"{source}: field {key}: must be a string")
+    if not isinstance(run["policy_options"], dict):
+        raise ValueError(f"{source}: field policy_options: must be an object")
+    _check_number(run["rate_rps"], f"{source}: field rate_rps", nullable=True)
+    _check_number(run["duration_s"], f"{source}: field duration_s")
+    validate_stats(run["summary"], f"{source}: field summary")
+    if not isinstance(run["classes"], dict):
+        raise ValueError(f"{source}: field classes: must be an object of STATS by class")
+    for name, stats in run["classes"].items():
+        validate_stats(stats, f"{source}: field classes.{name}")
+
+
+def validate_stats(stats: Any, where: str) -> None:
+    if not isinstance(stats, dict):
+        raise ValueError(f"{where}: must be a STATS object")
+    for key in COUNT_KEYS:
+        value = stats.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{where}.{key}: must be an integer >= 0, got {value!r}")
+    for key in RATIO_KEYS:
+        _check_number(stats.get(key, "missing"), f"{where}.{key}", nullable=True, maximum=1.0)
+    for key in RATE_KEYS:
+        _check_number(stats.get(key, "missing"), f"{where}.{key}", nullable=True)
+    for metric in LATENCY_METRICS:
+        values = stats.get(metric)
+        if not isinstance(values, dict):
+            raise ValueError(f"{where}.{metric}: must be an object of {', '.join(STAT_KEYS)}")
+        for key in STAT_KEYS:
+            _check_number(values.get(key, "missing"), f"{where}.{metric}.{key}", nullable=True)
+
+
+def _check_number(value: Any, where: str, *, nullable: bool = False,
+                  maximum: float | None = None) -> None:
+    if value is None and nullable:
+        return
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value) and value >= 0 and (maximum is None or value <= maximum))
+    if not ok:
+        bound = f" and <= {maximum:g}" if maximum is not None else ""
+        raise ValueError(f"{where}: must be a number >= 0{bound}"
+                         f"{' or null' if nullable else ''}, got {value!r}")
+
+
+# --- across runs ---
+
+def capacity_rps(runs: Sequence[dict[str, Any]], policy: str, threshold: float = 0.9,
+                 metric: str = "slo_attainment") -> float | None:
+    """The highest rate up to which `policy`'s attainment stays >= `threshold` (SLICE.md).
+
+    Over the rates of `runs` in increasing order: the last rate before the first one below the
+    threshold; None when even the lowest rate misses it.
+    """
+    points = sorted(((r["rate_rps"], r["summary"][metric]) for r in runs
+                     if r["policy"] == policy and r["rate_rps"] is not None),
+                    key=lambda point: point[0])
+    best = None
+    for rate, value in points:
+        if value is None or value < threshold:
+            break
+        best = rate
+    return best

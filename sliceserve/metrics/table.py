@@ -1,0 +1,143 @@
+"""Console tables (rich): one run in detail, a sweep as a matrix, a workload's classes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rich.table import Table
+
+from sliceserve.latency_model import LatencyModel
+from sliceserve.metrics.results import capacity_rps
+from sliceserve.workloads.generate import resolve_class_slo
+from sliceserve.workloads.spec import ClassSpec, SloChoice, SloExpr, Workload
+
+CAPACITY_THRESHOLD = 0.9
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 1000:.2f}s" if value >= 10_000 else f"{value:.0f}"
+
+
+def run_title(run: dict[str, Any]) -> str:
+    rate = run["rate_rps"]
+    arrival = run["arrival"] if rate is None else f"{run['arrival']} {rate:g} rps"
+    if run.get("arrival_cv") is not None:
+        arrival += f" cv {run['arrival_cv']:g}"
+    return (f"{run['policy']} on {run['workload']} ({arrival}, seed {run['seed']}, "
+            f"{run['backend']}: {run['latency_model'] or run['system']}), "
+            f"{run['duration_s']:.1f} s")
+
+
+def run_table(run: dict[str, Any]) -> Table:
+    """Overall and per class: counts, attainment, goodput, latency p50/p90 (completed only)."""
+    table = Table(title=run_title(run), caption="latencies in ms (s where marked) over "
+                  "completed requests; attainment over all arrived")
+    for header in ("class", "n", "done", "rej", "abort", "attain", "strict", "utility",
+                   "goodput/s", "TTFT p50", "TTFT p90", "TPOT p50", "TPOT p90", "E2E p50",
+                   "E2E p90"):
+        table.add_column(header, justify="left" if header == "class" else "right",
+                         no_wrap=True)
+    rows = [("overall", run["summary"]), *run["classes"].items()]
+    for i, (name, stats) in enumerate(rows):
+        table.add_row(
+            name, str(stats["n"]), str(stats["completed"]), str(stats["rejected"]),
+            str(stats["aborted"]), _pct(stats["slo_attainment"]),
+            _pct(stats["slo_attainment_strict"]), _pct(stats["utility_attainment"]),
+            _num(stats["goodput_rps"]),
+            _ms(stats["ttft_ms"]["p50"]), _ms(stats["ttft_ms"]["p90"]),
+            _ms(stats["tpot_ms"]["p50"]), _ms(stats["tpot_ms"]["p90"]),
+            _ms(stats["e2e_ms"]["p50"]), _ms(stats["e2e_ms"]["p90"]),
+            end_section=i == 0,
+        )
+    return table
+
+
+def _capacity_text(runs: Sequence[dict[str, Any]], policy: str, metric: str) -> str:
+    capacity = capacity_rps(runs, policy, CAPACITY_THRESHOLD, metric)
+    if capacity is not None:
+        return f"{capacity:g}"
+    rates = [r["rate_rps"] for r in runs if r["policy"] == policy and r["rate_rps"] is not None]
+    return f"<{min(rates):g}" if rates else "-"
+
+
+def sweep_table(runs: Sequence[dict[str, Any]], metric: str = "slo_attainment") -> Table:
+    """`metric` (overall) per policy x rate, and each policy's capacity at 90% attainment."""
+    policies = list(dict.fromkeys(r["policy"] for r in runs))
+    rates = sorted({r["rate_rps"] for r in runs if r["rate_rps"] is not None})
+    by_key = {(r["policy"], r["rate_rps"]): r for r in runs}
+    label = metric.replace("slo_", "SLO ").replace("_", " ")
+    table = Table(title=f"{label}, workload {runs[0]['workload'] if runs else '-'}")
+    table.add_column("policy \\ rps", no_wrap=True)
+    columns: list[float | None] = list(rates) or [None]
+    for rate in columns:
+        table.add_column("trace" if rate is None else f"{rate:g}", justify="right")
+    table.add_column(f"capacity@{CAPACITY_THRESHOLD:.0%}", justify="right")
+    for policy in policies:
+        cells = []
+        for rate in columns:
+            run = by_key.get((policy, rate))
+            cells.append("-" if run is None else _pct(run["summary"][metric]))
+        cells.append(_capacity_text(runs, policy, metric))
+        table.add_row(policy, *cells)
+    return table
+
+
+def _expr_text(expr: SloExpr) -> str:
+    return " + ".join(f"{c:g} {t}" if t != "ms" else f"{c:g} ms" for t, c in expr.terms)
+
+
+def _choice_text(choice: SloChoice | None) -> str:
+    if choice is None:
+        return "-"
+    return " | ".join(_expr_text(e) for e in choice)
+
+
+def _mid(bounds: tuple[int, int], dist: str) -> int:
+    lo, hi = bounds
+    return round((lo * hi) ** 0.5) if dist == "log_uniform" else round((lo + hi) / 2)
+
+
+def workload_table(spec: Workload, model: LatencyModel | None) -> Table:
+    """A workload's classes; SLOs resolved at the mid lengths when a latency model is given."""
+    table = Table(title=f"workload {spec.name}" + (f" on {model.name}" if model else ""),
+                  caption=spec.description or None)
+    for header in ("class", "share", "prompt", "output", "lengths", "ttft_ms", "tpot_ms",
+                   "deadline_ms", "utility", "priority"):
+        table.add_column(header, overflow="fold")
+    for cls in spec.classes:
+        slo = _choice_text(cls.ttft_ms), _choice_text(cls.tpot_ms), _choice_text(cls.deadline_ms)
+        if model is not None or not cls.is_device_relative:
+            slo = _resolved_at_mid(cls, model)
+        table.add_row(cls.name, f"{cls.share:.0%}", "{}-{}".format(*cls.prompt_tokens),
+                      "{}-{}".format(*cls.output_tokens), cls.lengths, *slo,
+                      f"{cls.utility:g}", str(spec.priority_of(cls)))
+    return table
+
+
+def _resolved_at_mid(cls: ClassSpec, model: LatencyModel | None) -> tuple[str, str, str]:
+    n_in, n_out = _mid(cls.prompt_tokens, cls.lengths), _mid(cls.output_tokens, cls.lengths)
+    cells = []
+    for i in range(max(len(cls.ttft_ms), len(cls.tpot_ms))):
+        def pick(choice: SloChoice, i: int = i) -> SloExpr:
+            return choice[min(i, len(choice) - 1)]
+        cells.append(resolve_class_slo(cls, n_in, n_out, model, pick))
+
+    def text(values: list[float | None], choice: SloChoice | None) -> str:
+        shown = " | ".join("-" if v is None else f"{v:.0f}" for v in dict.fromkeys(values))
+        if choice is not None and any(term != "ms" for e in choice for term, _ in e.terms):
+            return f"{shown} ({_choice_text(choice)}; at {n_in} in, {n_out} out)"
+        return shown
+
+    return (text([c[0] for c in cells], cls.ttft_ms), text([c[1] for c in cells], cls.tpot_ms),
+            text([c[2] for c in cells], cls.deadline_ms))
