@@ -24,8 +24,8 @@ lifetime fits the KV cache. Each improvement over the paper is a named option:
 - triage: a request whose SLO can no longer be met (TTFT passed without a first token, or
   remaining tokens beyond reach even alone) leaves the selection for good and runs on leftover
   capacity, or is rejected with a reason when `reject_infeasible`.
-- aging: a waiting request's rank grows with its waiting time, up to `aging_max_factor`;
-  a started request already ranks at the cap, so it is never evicted by an equal newcomer.
+- aging: a request that has not started ranks higher the longer it waits, up to
+  `aging_max_factor` (bounded so that real-time requests stay first).
 - best_effort_share: when requests are left out, this share of the period is kept for them,
   so triaged requests finish even under sustained overload.
 """
@@ -68,12 +68,18 @@ class SliceOptions(PolicyOptions):
     aging: bool = True
     aging_time_s: float = 5.0  # waiting this long doubles a request's rank ...
     aging_max_factor: float = 4.0  # ... up to this factor
-    best_effort_share: float = 0.05  # of the period, kept for unselected requests
+    best_effort_share: float = 0.02  # of the period, kept for unselected requests
     headroom: float = 0.0  # of the period, kept free for latency-prediction error
     prefill_chunk_tokens: int = 512  # prefill tokens per iteration
     max_extra_rows: int = 16  # unselected rows added to one iteration
     replan_interval_ratio: float = 0.25  # re-plan at least this often (x P)
     reject_infeasible: bool = False  # triaged requests are rejected instead of kept
+    # Rates are planned this much faster than the TPOT needs, so that re-plans, prefills and
+    # prediction error do not push a row at exactly its pace over its TPOT.
+    rate_margin: float = 0.05
+    # Leftover capacity goes to unselected requests only while every selected row that
+    # decodes is at least this many TPOTs ahead of its schedule (first + k * tpot).
+    extras_guard_tpots: float = 1.0
     # "utility_rate": U / v, the paper's utility per decode slot of a period. "utility_per_token":
     # U / (v x tokens still owed), utility per decode slot over the request's remaining life.
     rank: Literal["utility_rate", "utility_per_token"] = "utility_per_token"
@@ -84,9 +90,11 @@ class SliceOptions(PolicyOptions):
         for name in ("max_rows", "prefill_chunk_tokens", "max_extra_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        for name in ("best_effort_share", "headroom"):
+        for name in ("best_effort_share", "headroom", "rate_margin"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1)")
+        if self.extras_guard_tpots < 0:
+            raise ValueError("extras_guard_tpots must be >= 0")
         if self.aging_time_s <= 0 or self.aging_max_factor < 1:
             raise ValueError("aging_time_s must be > 0 and aging_max_factor >= 1")
         if self.rank not in ("utility_rate", "utility_per_token"):
@@ -169,7 +177,7 @@ class SlicePolicy(Policy):
         todo = tokens_to_compute(r)
         prefill = todo if todo > 1 else 0
         prefill_ms = lm.prefill_ms(todo) if prefill else 0.0
-        rate = decode_rate(self.period_ms, slo.tpot_ms)
+        rate = decode_rate(self.period_ms, slo.tpot_ms * (1.0 - opts.rate_margin))
         started = r.first_token_s is not None
         owed = r.remaining_output_tokens  # tokens still to produce
         if started:
@@ -197,9 +205,9 @@ class SlicePolicy(Policy):
             tier = TIER_DEFERRABLE
         factor = 1.0
         if opts.aging:
-            waited = 0.0 if started else now_s - r.arrival_s
-            factor = opts.aging_max_factor if started else min(
-                opts.aging_max_factor, 1.0 + waited / opts.aging_time_s)
+            if not started:
+                waited = now_s - r.arrival_s
+                factor = min(opts.aging_max_factor, 1.0 + waited / opts.aging_time_s)
         charge = (lm.prefill_ms_per_token + lm.context_ms_per_token) * prefill
         lifetime = self.config.blocks_for(r.num_prompt_tokens + r.max_tokens)
         rank = slo.utility / rate * factor
@@ -376,7 +384,7 @@ class SlicePolicy(Policy):
 
         self._run_mask(add)
         self._run_prefills(add, budget)
-        self._run_extras(add, budget, batch)
+        self._run_extras(add, budget, batch, view.now_s)
         if not batch:  # never idle while something can run
             for r in chain(self._rows_requests(), self._extras, self._triaged_in_order()):
                 if add(r, min(tokens_to_compute(r), budget.tokens_left)):
@@ -436,13 +444,28 @@ class SlicePolicy(Policy):
             if add(r, n):
                 chunk_left -= n
 
-    def _run_extras(self, add: Any, budget: Budget, batch: list) -> None:
+    def _rows_ahead(self, now_s: float) -> bool:
+        """Every decoding selected row is `extras_guard_tpots` ahead of its token schedule."""
+        guard = self.options.extras_guard_tpots
+        for r, _ in self._rows:
+            first = r.first_token_s
+            if first is None:
+                continue
+            tpot_s = r.slo.tpot_ms / 1000.0
+            due_s = first + r.num_output_tokens * tpot_s  # the next token's due time
+            if due_s - now_s < guard * tpot_s:
+                return False
+        return True
+
+    def _run_extras(self, add: Any, budget: Budget, batch: list, now_s: float) -> None:
         opts = self.options
         if self._rows and not opts.work_conserving:
             return
         if self._rows:
             self._bucket_ms = min(self._bucket_ms + self._extra_ms_per_iter,
                                   self.period_ms - self._period_used_ms)
+            if not self._rows_ahead(now_s):
+                return
         rows = len(batch)
         extras_left = opts.max_extra_rows
         chunk_left = opts.prefill_chunk_tokens
