@@ -32,6 +32,7 @@ lifetime fits the KV cache. Each improvement over the paper is a named option:
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -137,8 +138,12 @@ class SlicePolicy(Policy):
         self._max_rate = max(1, int(self.period_ms // self._l(1)))
         self._active: dict[str, RequestView] = {}  # not triaged, unfinished
         self._triaged: dict[str, RequestView] = {}
-        # Triaged requests by utility, each bucket oldest triage first: served in that order.
-        self._triaged_by_utility: dict[float, dict[str, RequestView]] = {}
+        # Serving order of triaged requests: higher utility first, then fewer tokens owed at
+        # triage (shortest first minimizes their mean completion time), then older. Kept
+        # sorted by that key, fixed at triage.
+        self._triaged_order: list[RequestView] = []
+        self._triaged_keys: list[tuple[float, int, float, str]] = []
+        self._triaged_key_of: dict[str, tuple[float, int, float, str]] = {}
         self._dirty = True
         self._next_replan_s = 0.0
         # The plan (filled by _replan).
@@ -162,10 +167,9 @@ class SlicePolicy(Policy):
         rid = request.request_id
         self._active.pop(rid, None)
         if self._triaged.pop(rid, None) is not None:
-            bucket = self._triaged_by_utility[request.slo.utility]
-            del bucket[rid]
-            if not bucket:
-                del self._triaged_by_utility[request.slo.utility]
+            i = bisect.bisect_left(self._triaged_keys, self._triaged_key_of.pop(rid))
+            del self._triaged_keys[i]
+            del self._triaged_order[i]
         self._credit.pop(rid, None)
         self._dirty = True
 
@@ -223,8 +227,7 @@ class SlicePolicy(Policy):
             c = self._assess(r, now)
             if c is None and opts.triage:
                 del self._active[rid]
-                self._triaged[rid] = r
-                self._triaged_by_utility.setdefault(r.slo.utility, {})[rid] = r
+                self._triage(r)
                 if opts.reject_infeasible:
                     self._to_reject.append((r, "rejected: its SLO can no longer be met"))
             elif c is None:  # without triage a lost cause competes like any other
@@ -391,10 +394,16 @@ class SlicePolicy(Policy):
                     break
         return Decision(batch=batch, preempt=preempt, reject=reject)
 
+    def _triage(self, r: RequestView) -> None:
+        key = (-r.slo.utility, r.remaining_output_tokens, r.arrival_s, r.request_id)
+        self._triaged[r.request_id] = r
+        self._triaged_key_of[r.request_id] = key
+        i = bisect.bisect_left(self._triaged_keys, key)
+        self._triaged_keys.insert(i, key)
+        self._triaged_order.insert(i, r)
+
     def _triaged_in_order(self) -> Iterator[RequestView]:
-        """Best-effort order of triaged requests: higher utility first, then oldest triage."""
-        for utility in sorted(self._triaged_by_utility, reverse=True):
-            yield from self._triaged_by_utility[utility].values()
+        return iter(self._triaged_order)
 
     def _rows_requests(self) -> list[RequestView]:
         return [r for r, _ in self._rows]
