@@ -116,10 +116,10 @@ class Policy(ABC):
         self.latency_model = latency_model
         self.config = config
 
-    def on_arrival(self, request: RequestView, view: SchedulerView) -> None:
+    def on_arrival(self, request: RequestView, view: SchedulerView) -> None:  # noqa: B027
         """A request entered the waiting queue."""
 
-    def on_finish(self, request: RequestView, view: SchedulerView) -> None:
+    def on_finish(self, request: RequestView, view: SchedulerView) -> None:  # noqa: B027
         """A request completed, was rejected or was aborted."""
 
     @abstractmethod

@@ -243,7 +243,27 @@ class SlicePolicy(Policy):
         chosen = self._select(candidates, budget_ms, view, now)
         self._install(chosen, candidates, budget_ms)
         self._dirty = False
-        self._next_replan_s = now + self.period_ms / 1000.0 * opts.replan_interval_ratio
+        self._next_replan_s = self._next_change_s(chosen, candidates, now)
+
+    def _next_change_s(self, chosen: list[_Candidate], candidates: list[_Candidate],
+                       now_s: float) -> float:
+        """When the plan should be looked at again without an arrival or a finish.
+
+        The earliest moment an unselected request that has not started turns urgent (its
+        first-token deadline comes within a period) or is lost (it passes), but no sooner than
+        `replan_interval_ratio` of a period from now and no later than one period.
+        """
+        period_s = self.period_ms / 1000.0
+        step_s = period_s * self.options.replan_interval_ratio
+        nxt = now_s + period_s
+        selected = {c.request.request_id for c in chosen}
+        for c in candidates:
+            r = c.request
+            if r.first_token_s is not None or r.request_id in selected:
+                continue
+            lost_s = r.ttft_deadline_s - self._l(1) / 1000.0
+            nxt = min(nxt, lost_s if c.tier == TIER_URGENT else r.ttft_deadline_s - period_s)
+        return max(nxt, now_s + step_s)
 
     def _assess_lost(self, r: RequestView) -> _Candidate:
         rate = min(self._max_rate, decode_rate(self.period_ms, r.slo.tpot_ms))
@@ -365,13 +385,19 @@ class SlicePolicy(Policy):
         in_batch: set[str] = set()
         preempt: list[RequestView] = []
         preempted: set[str] = set()
-        victims = self._victims(view, rejected)
+        victims: list[RequestView] = []
+        victims_known = False  # computed on the first KV shortage only
 
         def add(r: RequestView, n: int) -> bool:
+            nonlocal victims, victims_known
             rid = r.request_id
             if rid in in_batch or rid in rejected or rid in preempted:
                 return False
             fitted = budget.take(r, n)
+            if fitted or budget.rows_left <= 0 or n > budget.tokens_left:
+                pass
+            elif not victims_known:
+                victims, victims_known = self._victims(view, rejected), True
             while not fitted and victims and budget.rows_left > 0 and n <= budget.tokens_left:
                 victim = victims.pop()
                 if victim.request_id in in_batch:

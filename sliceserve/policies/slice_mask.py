@@ -9,6 +9,7 @@ within the period P:  T(mask) = sum over columns c of l(count_c) <= P.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 Latency = Callable[[int], float]  # l(k): decode latency (ms) of a batch of k rows
@@ -62,7 +63,9 @@ def spread_row(rate: int, width: int, credit: int) -> list[int]:
 
 def period_ms(column_counts: Sequence[int], latency: Latency) -> float:
     """T(mask) from the mask's actual column counts; empty columns cost nothing."""
-    return sum(latency(k) for k in column_counts if k)
+    counts = Counter(column_counts)
+    counts.pop(0, None)
+    return sum(latency(k) * n for k, n in counts.items())
 
 
 def brute_force_period_ms(mask: Sequence[Sequence[int]], latency: Latency) -> float:
