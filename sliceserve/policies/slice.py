@@ -400,7 +400,7 @@ class SlicePolicy(Policy):
                 victims, victims_known = self._victims(view, rejected), True
             while not fitted and victims and budget.rows_left > 0 and n <= budget.tokens_left:
                 victim = victims.pop()
-                if victim.request_id in in_batch:
+                if victim.request_id in in_batch or victim.request_id == rid:
                     continue
                 preempt.append(victim)
                 preempted.add(victim.request_id)

@@ -117,20 +117,28 @@ class SlicePaperPolicy(Policy):
         selected_ids = {r.request_id for r, _ in self._rows}
         in_column = {r.request_id for r in column}
         # Victims for memory, least valuable first: unselected, then selected rows outside
-        # this column (newest admitted first).
-        victims = [r for r in reversed(view.running) if r.request_id not in selected_ids]
-        victims += [r for r in reversed(view.running)
+        # this column, then rows of this column not yet batched (newest admitted first).
+        running = list(reversed(view.running))
+        victims = [r for r in running if r.request_id not in selected_ids]
+        victims += [r for r in running
                     if r.request_id in selected_ids and r.request_id not in in_column]
+        victims += [r for r in running if r.request_id in in_column]
         preempt: list[RequestView] = []
+        preempted: set[str] = set()
         batch: list[tuple[RequestView, int]] = []
         for request in column:
+            if request.request_id in preempted:
+                continue
             n = min(tokens_to_compute(request), budget.tokens_left)
             if n <= 0:
                 break
             fitted = budget.take(request, n)
             while not fitted and victims:  # only KV can be short here
                 victim = victims.pop(0)
+                if victim is request or any(victim is r for r, _ in batch):
+                    continue
                 preempt.append(victim)
+                preempted.add(victim.request_id)
                 budget.release(victim)
                 fitted = budget.take(request, n)
             if fitted:
