@@ -136,6 +136,8 @@ class SlicePolicy(Policy):
         lm = self.latency_model
         self._l = lm.decode_latency_ms
         self._max_rate = max(1, int(self.period_ms // self._l(1)))
+        rows = self.options.max_rows + self.options.max_extra_rows
+        self._min_step_ms = max(0.0, min(self._l(k + 1) - self._l(k) for k in range(1, rows + 1)))
         self._active: dict[str, RequestView] = {}  # not triaged, unfinished
         self._triaged: dict[str, RequestView] = {}
         # Serving order of triaged requests: higher utility first, then fewer tokens owed at
@@ -284,16 +286,29 @@ class SlicePolicy(Policy):
         blocks = 0
         pending: list[_Pending] = []
         total_blocks = view.config.num_kv_blocks
+        t_now_ms = 0.0
+        # Exact pruning of the period test: a new row's columns depend only on its rate and
+        # the width, so once a rate failed with some prefill charge, any equal or larger
+        # charge at that rate fails too, until a row is accepted.
+        failed_charge: dict[int, float] = {}
         for c in candidates:
             if len(chosen) >= opts.max_rows:
                 break
+            charge = c.charge_ms if opts.prefill_aware else 0.0
+            new_row = c.request.request_id not in self._credit or not opts.spread_mask
             fits = not opts.memory_aware or blocks + c.lifetime_blocks <= total_blocks
+            if fits and c.rate <= width:  # a lower bound: every one of its ones costs >= step
+                fits = t_now_ms + c.rate * self._min_step_ms + charges_ms + charge <= budget_ms
+            if fits and new_row and charge >= failed_charge.get(c.rate, math.inf):
+                fits = False
             if fits:
                 new_width = max(width, c.rate)
                 new_counts = (self._columns(chosen + [c], new_width) if new_width != width
                               else self._add_row(counts, c, width))
                 t_ms = period_ms(new_counts, self._l)
-                fits = t_ms + charges_ms + (c.charge_ms if opts.prefill_aware else 0) <= budget_ms
+                fits = t_ms + charges_ms + charge <= budget_ms
+                if not fits and new_row:
+                    failed_charge[c.rate] = min(charge, failed_charge.get(c.rate, math.inf))
             if fits and opts.prefill_aware and c.prefill_tokens:
                 fits = self._ttft_holds(pending, c, t_ms / max(new_width, 1), now_s)
             if not fits:
@@ -301,7 +316,8 @@ class SlicePolicy(Policy):
                     continue
                 break
             chosen.append(c)
-            counts, width = new_counts, new_width
+            counts, width, t_now_ms = new_counts, new_width, t_ms
+            failed_charge.clear()
             blocks += c.lifetime_blocks
             if c.prefill_tokens:
                 charges_ms += c.charge_ms
