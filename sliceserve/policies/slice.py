@@ -72,6 +72,7 @@ class SliceOptions(PolicyOptions):
     best_effort_share: float = 0.02  # of the period, kept for unselected requests
     headroom: float = 0.0  # of the period, kept free for latency-prediction error
     prefill_chunk_tokens: int = 512  # prefill tokens per iteration
+    min_prefill_chunk_tokens: int = 64  # ... when decoding rows have little lead
     max_extra_rows: int = 16  # unselected rows added to one iteration
     replan_interval_ratio: float = 0.25  # re-plan at least this often (x P)
     reject_infeasible: bool = False  # triaged requests are rejected instead of kept
@@ -88,7 +89,8 @@ class SliceOptions(PolicyOptions):
     def __post_init__(self) -> None:
         if not self.period_ratio > 0:
             raise ValueError("period_ratio must be > 0")
-        for name in ("max_rows", "prefill_chunk_tokens", "max_extra_rows"):
+        for name in ("max_rows", "prefill_chunk_tokens", "min_prefill_chunk_tokens",
+                     "max_extra_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         for name in ("best_effort_share", "headroom", "rate_margin"):
@@ -428,7 +430,7 @@ class SlicePolicy(Policy):
             return fitted
 
         self._run_mask(add)
-        self._run_prefills(add, budget)
+        self._run_prefills(add, budget, view.now_s)
         self._run_extras(add, budget, batch, view.now_s)
         if not batch:  # never idle while something can run
             for r in chain(self._rows_requests(), self._extras, self._triaged_in_order()):
@@ -483,8 +485,20 @@ class SlicePolicy(Policy):
                 credit -= width
             self._credit[rid] = min(credit, 2 * width)
 
-    def _run_prefills(self, add: Any, budget: Budget) -> None:
-        chunk_left = self.options.prefill_chunk_tokens
+    def _run_prefills(self, add: Any, budget: Budget, now_s: float) -> None:
+        """Prefill chunks of selected requests, earliest first-token deadline first.
+
+        With `prefill_aware`, the chunk is cut to what the decoding rows' lead pays for (at
+        the guard of zero TPOTs), but never below `min_prefill_chunk_tokens`.
+        """
+        opts = self.options
+        chunk_left = opts.prefill_chunk_tokens
+        per_token_ms = self.latency_model.prefill_ms_per_token
+        if opts.prefill_aware and per_token_ms > 0 and self._prefills:
+            lead_ms = self._rows_lead_ms(now_s, guard_tpots=0.0)
+            if lead_ms < math.inf:
+                chunk_left = min(chunk_left, max(opts.min_prefill_chunk_tokens,
+                                                 int(lead_ms / per_token_ms)))
         for r in self._prefills:
             todo = tokens_to_compute(r)
             if todo <= 1:
@@ -495,47 +509,57 @@ class SlicePolicy(Policy):
             if add(r, n):
                 chunk_left -= n
 
-    def _rows_ahead(self, now_s: float) -> bool:
-        """Every decoding selected row is `extras_guard_tpots` ahead of its token schedule."""
-        guard = self.options.extras_guard_tpots
+    def _rows_lead_ms(self, now_s: float, guard_tpots: float | None = None) -> float:
+        """How much later the selected rows may run and all stay `extras_guard_tpots` ahead.
+
+        Row i's next token is due at first_i + n_out_i * tpot_i (the mean-TPOT schedule);
+        its lead is the time until then, less the guard.
+        """
+        guard = self.options.extras_guard_tpots if guard_tpots is None else guard_tpots
+        lead_ms = math.inf
         for r, _ in self._rows:
             first = r.first_token_s
             if first is None:
                 continue
-            tpot_s = r.slo.tpot_ms / 1000.0
-            due_s = first + r.num_output_tokens * tpot_s  # the next token's due time
-            if due_s - now_s < guard * tpot_s:
-                return False
-        return True
+            tpot_ms = r.slo.tpot_ms
+            due_ms = (first - now_s) * 1000.0 + r.num_output_tokens * tpot_ms
+            lead_ms = min(lead_ms, due_ms - guard * tpot_ms)
+        return lead_ms
 
     def _run_extras(self, add: Any, budget: Budget, batch: list, now_s: float) -> None:
+        """Leftover capacity to unselected requests, each charged its marginal latency."""
         opts = self.options
-        if self._rows and not opts.work_conserving:
-            return
+        allowance_ms = math.inf  # with no selected rows, the whole iteration is leftover
         if self._rows:
+            if not opts.work_conserving:
+                return
             self._bucket_ms = min(self._bucket_ms + self._extra_ms_per_iter,
                                   self.period_ms - self._period_used_ms)
-            if not self._rows_ahead(now_s):
-                return
+            allowance_ms = min(self._bucket_ms, self._rows_lead_ms(now_s))
         rows = len(batch)
         extras_left = opts.max_extra_rows
         chunk_left = opts.prefill_chunk_tokens
-        lm = self.latency_model
+        per_token_ms = self.latency_model.prefill_ms_per_token
+        spent_ms = 0.0
         for r in chain(self._extras, self._triaged_in_order()):
             if extras_left <= 0 or budget.rows_left <= 0 or budget.tokens_left <= 0:
                 break
-            todo = tokens_to_compute(r)
-            n = min(todo, budget.tokens_left, chunk_left) if todo > 1 else 1
-            cost = self._l(rows + 1) - self._l(rows) + lm.prefill_ms_per_token * (n - 1)
-            if self._rows and cost > self._bucket_ms:
+            row_ms = self._l(rows + 1) - self._l(rows)
+            if spent_ms + row_ms > allowance_ms:
                 break
-            if add(r, n):
+            todo = tokens_to_compute(r)
+            n = 1
+            if todo > 1:  # a prefill chunk, cut to what the allowance pays for
+                n = min(todo, budget.tokens_left, chunk_left)
+                if per_token_ms > 0 and allowance_ms < math.inf:
+                    n = min(n, 1 + int((allowance_ms - spent_ms - row_ms) / per_token_ms))
+            if n >= 1 and add(r, n):
                 rows += 1
                 extras_left -= 1
-                if n > 1:
-                    chunk_left -= n
-                if self._rows:
-                    self._bucket_ms -= cost
+                chunk_left -= n if n > 1 else 0
+                spent_ms += row_ms + per_token_ms * (n - 1)
+        if self._rows:
+            self._bucket_ms -= spent_ms
 
     def state(self) -> dict[str, Any]:
         return {
