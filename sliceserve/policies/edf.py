@@ -1,1 +1,184 @@
-"""placeholder"""
+"""EDF: earliest deadline first, on each request's next-token deadline.
+
+The deadline of a request's first token is `arrival + ttft`; each later token is due one
+`tpot` after the previous deadline, so the (k+1)-th token is due at
+`ttft_deadline + k * tpot` (`next_token_deadline_s`). The deadlines are the SLO's pace, not
+the observed token times: a request that fell behind stays urgent.
+
+Each iteration takes up to `max_batch_size` requests, running or waiting, in deadline order;
+a prefill runs in chunks within the token budget. Running requests left out keep their KV
+cache and wait. When a request's chunk does not fit the free KV blocks, the running request
+with the latest deadline is preempted (recompute) if its deadline is later than the one that
+needs the memory; otherwise the request is skipped. A waiting request skipped this way closes
+admission for the iteration (later waiting requests must not take the memory it waits for,
+or large prompts would starve); running requests due later still compute.
+`preempt_to_admit=False` lets only running requests preempt (less thrashing under tight
+memory, less strict EDF).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sliceserve.config import SchedulerConfig
+from sliceserve.latency_model import LatencyModel
+from sliceserve.policies.base import (
+    Budget,
+    Decision,
+    Policy,
+    PolicyOptions,
+    RequestView,
+    SchedulerView,
+    tokens_to_compute,
+)
+from sliceserve.policies.registry import register
+from sliceserve.policies.vllm import RequestHeap
+from sliceserve.request import RequestStatus
+
+DeadlineKey = tuple[float, float, str]
+
+
+def next_token_deadline_s(request: RequestView) -> float:
+    """When the request's next output token is due at its SLO pace."""
+    return request.ttft_deadline_s + request.num_output_tokens * request.slo.tpot_ms / 1000.0
+
+
+def deadline_key(request: RequestView) -> DeadlineKey:
+    """The one ordering key of EDF: next-token deadline, then arrival, then id (a total
+    order, so that 'later than' always names a victim other than the request itself)."""
+    return (next_token_deadline_s(request), request.arrival_s, request.request_id)
+
+
+@dataclass(frozen=True)
+class EdfOptions(PolicyOptions):
+    max_batch_size: int = 8
+    # May a waiting request preempt running ones to get memory? Strict EDF says yes; with
+    # recompute preemption under tight memory this can thrash (a preempted request's deadline
+    # stays put while the one that took its memory moves on by one tpot per token).
+    preempt_to_admit: bool = True
+
+    def __post_init__(self) -> None:
+        if type(self.max_batch_size) is not int or self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be an integer >= 1, got {self.max_batch_size!r}")
+        if not isinstance(self.preempt_to_admit, bool):
+            raise ValueError(f"preempt_to_admit must be a bool, got {self.preempt_to_admit!r}")
+
+
+@register
+class EdfPolicy(Policy):
+    """Keeps the running and the waiting requests in two heaps by `deadline_key`, merged
+    when scanning.
+
+    A key changes only when its request gets a token, i.e. only for requests of the previous
+    batch: those are re-keyed at the start of the next decision. So a decision costs
+    O(batch * log n), not a sort of every request. If the heaps and the scheduler ever
+    disagree on the number of requests, they are rebuilt from the view.
+    """
+
+    name = "edf"
+    Options = EdfOptions
+    options: EdfOptions
+
+    def __init__(self, options: PolicyOptions, latency_model: LatencyModel,
+                 config: SchedulerConfig) -> None:
+        super().__init__(options, latency_model, config)
+        self._running = RequestHeap()
+        self._waiting = RequestHeap()
+        self._last_batch: dict[str, RequestView] = {}  # off the heaps until re-keyed
+
+    def on_arrival(self, request: RequestView, view: SchedulerView) -> None:
+        self._waiting.push(request, deadline_key(request))
+
+    def on_finish(self, request: RequestView, view: SchedulerView) -> None:
+        self._running.discard(request.request_id)
+        self._waiting.discard(request.request_id)
+        self._last_batch.pop(request.request_id, None)
+
+    def schedule(self, view: SchedulerView) -> Decision:
+        self._refresh(view)
+        running, waiting = self._running, self._waiting
+        budget = Budget(view, self.options.max_batch_size)
+        batch: list[tuple[RequestView, int]] = []
+        preempted: list[RequestView] = []
+        passed: list[tuple[RequestHeap, RequestView]] = []  # popped, not scheduled
+        scheduled: set[str] = set()
+        gone: set[str] = set()  # preempted by this decision
+        admitting = True
+        while budget.rows_left > 0 and budget.tokens_left > 0:
+            heap = self._earliest(running, waiting if admitting else None)
+            if heap is None:
+                break
+            request = heap.pop()
+            assert request is not None  # _earliest saw it
+            if request.request_id in gone:
+                passed.append((heap, request))
+                continue
+            num_new = min(tokens_to_compute(request), budget.tokens_left)
+            may_preempt = heap is running or self.options.preempt_to_admit
+            if budget.take(request, num_new) or (may_preempt and self._make_room(
+                    view, request, num_new, budget, scheduled, gone, preempted)):
+                batch.append((request, num_new))
+                scheduled.add(request.request_id)
+                self._last_batch[request.request_id] = request
+                continue
+            passed.append((heap, request))
+            if heap is waiting:
+                # No overtaking for memory: a later waiting request must not take what this
+                # one waits for. Running requests due later may still compute.
+                admitting = False
+        for heap, request in passed:
+            heap.push(request, deadline_key(request))
+        for request in preempted:  # back to waiting once the decision is applied
+            running.discard(request.request_id)
+            waiting.push(request, deadline_key(request))
+        return Decision(batch=batch, preempt=preempted)
+
+    @staticmethod
+    def _earliest(running: RequestHeap, waiting: RequestHeap | None) -> RequestHeap | None:
+        """The heap whose next request is due first (None when both are empty)."""
+        r = running.peek()
+        w = waiting.peek() if waiting is not None else None
+        if w is None:
+            return None if r is None else running
+        if r is None or w[0] < r[0]:
+            return waiting
+        return running
+
+    def _make_room(self, view: SchedulerView, request: RequestView, num_new: int,
+                   budget: Budget, scheduled: set[str], gone: set[str],
+                   preempted: list[RequestView]) -> bool:
+        """Preempt running requests due later than `request`, latest first, until its
+        blocks fit. False (and nothing more preempted) once no later one is left."""
+        key = deadline_key(request)
+        while True:
+            victim, victim_key = None, key
+            for other in view.running:
+                other_key = deadline_key(other)
+                if (other_key > victim_key and other.request_id not in scheduled
+                        and other.request_id not in gone):
+                    victim, victim_key = other, other_key
+            if victim is None:
+                return False
+            gone.add(victim.request_id)
+            preempted.append(victim)
+            budget.release(victim)
+            if budget.take(request, num_new):
+                return True
+
+    def _refresh(self, view: SchedulerView) -> None:
+        """Re-key the previous batch; rebuild the heaps if they lost track of the scheduler."""
+        for request in self._last_batch.values():
+            heap = self._running if request.status is RequestStatus.RUNNING else self._waiting
+            heap.push(request, deadline_key(request))
+        self._last_batch.clear()
+        if len(self._running) != len(view.running) or len(self._waiting) != len(view.waiting):
+            self._running.clear()
+            self._waiting.clear()
+            for request in view.running:
+                self._running.push(request, deadline_key(request))
+            for request in view.waiting:
+                self._waiting.push(request, deadline_key(request))
+
+    def state(self) -> dict[str, Any]:
+        return {"num_running": len(self._running), "num_waiting": len(self._waiting)}
