@@ -53,7 +53,8 @@ class LatencyModel:
             return table[num_rows]
         return table[-1] + self.decode_slope_ms * (num_rows - len(table) + 1)
 
-    def iteration_ms(self, num_rows: int, num_new_tokens: int, num_context_tokens: int = 0) -> float:
+    def iteration_ms(self, num_rows: int, num_new_tokens: int,
+                     num_context_tokens: int = 0) -> float:
         if num_rows <= 0:
             return 0.0
         return (self.decode_latency_ms(num_rows)
@@ -102,7 +103,8 @@ class LatencyModel:
             except FileNotFoundError:
                 raise ValueError(f"latency model file not found: {name_or_path}") from None
             except json.JSONDecodeError as e:
-                raise ValueError(f"latency model file {name_or_path} is not valid JSON: {e}") from None
+                raise ValueError(
+                    f"latency model file {name_or_path} is not valid JSON: {e}") from None
             if not isinstance(data, dict):
                 raise ValueError(f"latency model file {name_or_path} must hold a JSON object")
             return cls.from_dict(data)

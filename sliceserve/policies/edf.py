@@ -32,8 +32,8 @@ from sliceserve.policies.base import (
     SchedulerView,
     tokens_to_compute,
 )
+from sliceserve.policies.queues import RequestHeap
 from sliceserve.policies.registry import register
-from sliceserve.policies.vllm import RequestHeap
 from sliceserve.request import RequestStatus
 
 DeadlineKey = tuple[float, float, str]

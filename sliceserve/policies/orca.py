@@ -25,8 +25,8 @@ class OrcaOptions(PolicyOptions):
     max_batch_size: int = 8
 
     def __post_init__(self) -> None:
-        if self.max_batch_size < 1:
-            raise ValueError("max_batch_size must be >= 1")
+        if type(self.max_batch_size) is not int or self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be an integer >= 1, got {self.max_batch_size!r}")
 
 
 @register
