@@ -20,12 +20,16 @@ lifetime fits the KV cache. Each improvement over the paper is a named option:
   cache runs short, unselected requests are preempted by recompute.
 - skip_and_continue: a candidate that does not fit is skipped, not the end of the selection.
 - work_conserving: capacity the selected rows leave in the period goes to unselected requests
-  (feasible ones by rank, then triaged ones oldest first), charged at their marginal latency.
+  (started ones by rank, then triaged ones by utility and size), charged at their marginal
+  latency, only while every decoding selected row stays `extras_guard_tpots` ahead of its
+  schedule and no selected first token is pending. A feasible request that has not started
+  is never started on leftovers: that would start its TPOT clock without a place to keep it.
 - triage: a request whose SLO can no longer be met (TTFT passed without a first token, or
   remaining tokens beyond reach even alone) leaves the selection for good and runs on leftover
   capacity, or is rejected with a reason when `reject_infeasible`.
-- aging: a request that has not started ranks higher the longer it waits, up to
-  `aging_max_factor` (bounded so that real-time requests stay first).
+- aging (off by default: it cost attainment in every measured setting, and triage plus
+  `best_effort_share` already bound how long a request waits): a request that has not started
+  ranks higher the longer it waits, up to `aging_max_factor`.
 - best_effort_share: when requests are left out, this share of the period is kept for them,
   so triaged requests finish even under sustained overload.
 """
@@ -66,13 +70,12 @@ class SliceOptions(PolicyOptions):
     work_conserving: bool = True
     deadlines: bool = True
     triage: bool = True
-    aging: bool = True
+    aging: bool = False  # measured to cost attainment (docs/RESULTS-paper.md): off by default
     aging_time_s: float = 5.0  # waiting this long doubles a request's rank ...
     aging_max_factor: float = 4.0  # ... up to this factor
     best_effort_share: float = 0.02  # of the period, kept for unselected requests
     headroom: float = 0.0  # of the period, kept free for latency-prediction error
     prefill_chunk_tokens: int = 512  # prefill tokens per iteration
-    min_prefill_chunk_tokens: int = 64  # ... when decoding rows have little lead
     max_extra_rows: int = 16  # unselected rows added to one iteration
     replan_interval_ratio: float = 0.25  # re-plan at least this often (x P)
     reject_infeasible: bool = False  # triaged requests are rejected instead of kept
@@ -81,7 +84,7 @@ class SliceOptions(PolicyOptions):
     rate_margin: float = 0.05
     # Leftover capacity goes to unselected requests only while every selected row that
     # decodes is at least this many TPOTs ahead of its schedule (first + k * tpot).
-    extras_guard_tpots: float = 1.0
+    extras_guard_tpots: float = 2.0
     # "utility_rate": U / v, the paper's utility per decode slot of a period. "utility_per_token":
     # U / (v x tokens still owed), utility per decode slot over the request's remaining life.
     rank: Literal["utility_rate", "utility_per_token"] = "utility_per_token"
@@ -89,8 +92,7 @@ class SliceOptions(PolicyOptions):
     def __post_init__(self) -> None:
         if not self.period_ratio > 0:
             raise ValueError("period_ratio must be > 0")
-        for name in ("max_rows", "prefill_chunk_tokens", "min_prefill_chunk_tokens",
-                     "max_extra_rows"):
+        for name in ("max_rows", "prefill_chunk_tokens", "max_extra_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         for name in ("best_effort_share", "headroom", "rate_margin"):
@@ -430,7 +432,7 @@ class SlicePolicy(Policy):
             return fitted
 
         self._run_mask(add)
-        self._run_prefills(add, budget, view.now_s)
+        self._run_prefills(add, budget)
         self._run_extras(add, budget, batch, view.now_s)
         if not batch:  # never idle while something can run
             for r in chain(self._rows_requests(), self._extras, self._triaged_in_order()):
@@ -485,20 +487,9 @@ class SlicePolicy(Policy):
                 credit -= width
             self._credit[rid] = min(credit, 2 * width)
 
-    def _run_prefills(self, add: Any, budget: Budget, now_s: float) -> None:
-        """Prefill chunks of selected requests, earliest first-token deadline first.
-
-        With `prefill_aware`, the chunk is cut to what the decoding rows' lead pays for (at
-        the guard of zero TPOTs), but never below `min_prefill_chunk_tokens`.
-        """
-        opts = self.options
-        chunk_left = opts.prefill_chunk_tokens
-        per_token_ms = self.latency_model.prefill_ms_per_token
-        if opts.prefill_aware and per_token_ms > 0 and self._prefills:
-            lead_ms = self._rows_lead_ms(now_s, guard_tpots=0.0)
-            if lead_ms < math.inf:
-                chunk_left = min(chunk_left, max(opts.min_prefill_chunk_tokens,
-                                                 int(lead_ms / per_token_ms)))
+    def _run_prefills(self, add: Any, budget: Budget) -> None:
+        """Prefill chunks of selected requests, earliest first-token deadline first."""
+        chunk_left = self.options.prefill_chunk_tokens
         for r in self._prefills:
             todo = tokens_to_compute(r)
             if todo <= 1:
@@ -509,13 +500,13 @@ class SlicePolicy(Policy):
             if add(r, n):
                 chunk_left -= n
 
-    def _rows_lead_ms(self, now_s: float, guard_tpots: float | None = None) -> float:
+    def _rows_lead_ms(self, now_s: float) -> float:
         """How much later the selected rows may run and all stay `extras_guard_tpots` ahead.
 
         Row i's next token is due at first_i + n_out_i * tpot_i (the mean-TPOT schedule);
         its lead is the time until then, less the guard.
         """
-        guard = self.options.extras_guard_tpots if guard_tpots is None else guard_tpots
+        guard = self.options.extras_guard_tpots
         lead_ms = math.inf
         for r, _ in self._rows:
             first = r.first_token_s
@@ -535,6 +526,8 @@ class SlicePolicy(Policy):
                 return
             self._bucket_ms = min(self._bucket_ms + self._extra_ms_per_iter,
                                   self.period_ms - self._period_used_ms)
+            if any(r.first_token_s is None for r in self._prefills):
+                return  # a selected first token is on its way: nothing may delay it
             allowance_ms = min(self._bucket_ms, self._rows_lead_ms(now_s))
         rows = len(batch)
         extras_left = opts.max_extra_rows
@@ -544,6 +537,10 @@ class SlicePolicy(Policy):
         for r in chain(self._extras, self._triaged_in_order()):
             if extras_left <= 0 or budget.rows_left <= 0 or budget.tokens_left <= 0:
                 break
+            if r.first_token_s is None and r.request_id not in self._triaged:
+                # Starting a request starts its TPOT clock: one that can still meet its SLO
+                # waits for a place in the selection rather than start on leftovers.
+                continue
             row_ms = self._l(rows + 1) - self._l(rows)
             if spent_ms + row_ms > allowance_ms:
                 break
