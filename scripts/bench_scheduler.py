@@ -123,14 +123,15 @@ def simulate_counting(policy_name: str, requests: list[Request], model: LatencyM
 
 
 def calibrate_rate(model: LatencyModel, config: SchedulerConfig, target_batch: float,
-                   num: int, seed: int, log: Callable[[str], None]) -> float:
-    """Bisect the arrival rate at which the reference policy's mean batch is `target_batch`."""
-    lo, hi = 0.01, 5.0
+                   num: int, seed: int, log: Callable[[str], None],
+                   policy_name: str = REFERENCE_POLICY, hi: float = 5.0) -> float:
+    """Bisect the arrival rate at which `policy_name`'s mean batch is `target_batch`."""
+    lo = 0.01
     for _ in range(14):
         mid = (lo * hi) ** 0.5
-        batch = simulate_counting(REFERENCE_POLICY, make_requests(num, mid, seed), model,
+        batch = simulate_counting(policy_name, make_requests(num, mid, seed), model,
                                   config)["mean_batch"]
-        log(f"  calibrate: rate {mid:.4f} req/s -> mean batch {batch:.2f}")
+        log(f"  calibrate {policy_name}: rate {mid:.4f} req/s -> mean batch {batch:.2f}")
         if batch < target_batch:
             lo = mid
         else:
@@ -299,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip", nargs="*", default=[], choices=["simulator", "sweep", "schedule"])
+    p.add_argument("--own-batch", type=float, default=None, metavar="B",
+                   help="also measure each policy's simulator speed at the rate where its "
+                        "own mean batch is B (SLICE paces requests, so at the reference rate "
+                        "its batches are small)")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
 
@@ -340,6 +345,20 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # a broken policy is reported, not fatal to the benchmark
             r = {"error": f"{type(e).__name__}: {e}"}
         results[name] = r
+
+    if args.own_batch:
+        print(f"\nsimulator speed at each policy's own mean batch of {args.own_batch} "
+              f"({num} requests, median of {args.repeats}):")
+        for name in wanted:
+            if name not in registered:
+                continue
+            own = calibrate_rate(model, config, args.own_batch, min(num, 2000), args.seed,
+                                 log, policy_name=name, hi=50.0)
+            sim = bench_simulator(name, num, own, args.seed, args.repeats, model, config)
+            results[name]["own_batch"] = {"rate_rps": own, **sim}
+            print(f"  {name:14s} rate {own:8.4f} req/s  mean batch {sim['mean_batch']:5.2f}  "
+                  f"{sim['iterations_per_s']:9,.0f} it/s  ({sim['iterations']:,} iterations, "
+                  f"{sim['wall_s']:.2f} s)")
 
     meta = {"requests": num, "rate_rps": rate, "target_batch": args.target_batch,
             "latency_model": model.name, "repeats": args.repeats, "seed": args.seed,

@@ -229,3 +229,43 @@ def test_full_mode_at_least_matches_paper_mode_under_overload(seed: int) -> None
     full = sum(met(r) for r in run("slice", workload()))
     paper = sum(met(r) for r in run("slice-paper", workload()))
     assert full >= paper - 2
+
+
+BOOL_OPTIONS = [f.name for f in __import__("dataclasses").fields(
+    make_policy("slice", PAPER, SchedulerConfig()).Options) if f.type in ("bool", bool)]
+
+
+@pytest.mark.parametrize("option", BOOL_OPTIONS)
+def test_every_option_flipped_alone_still_serves_everything(option: str) -> None:
+    import random
+
+    rng = random.Random(7)
+    requests = [req(arrival_s=rng.uniform(0, 3), out=rng.randint(4, 64),
+                    prompt=rng.randint(8, 300), tpot_ms=rng.choice([50, 100, 250]),
+                    ttft_ms=rng.choice([200, 2000]), utility=rng.choice([1, 100]),
+                    deadline_ms=rng.choice([None, 4000.0])) for _ in range(40)]
+    default = getattr(make_policy("slice", PAPER, SchedulerConfig()).options, option)
+    run("slice", requests, kv_tokens=4096, **{option: not default})
+    assert all(r.status in (RequestStatus.COMPLETED, RequestStatus.REJECTED) for r in requests)
+    assert all(r.finish_reason for r in requests)
+    if option != "reject_infeasible":
+        assert all(r.status is RequestStatus.COMPLETED for r in requests)
+
+
+def test_leftovers_never_start_a_request_that_can_still_be_selected() -> None:
+    # Three tight rows fill the period; a fourth feasible one must not be started on leftover
+    # capacity (its TPOT clock would start with no place to keep it): its first token comes
+    # only once it is selected, and then it keeps its TPOT.
+    rows = [req(arrival_s=0.0, out=30, ttft_ms=2000) for _ in range(3)]
+    waiting = req(arrival_s=0.001, out=30, ttft_ms=2000)
+    cfg = SchedulerConfig.for_capacity(32768)
+    policy = make_policy("slice", PAPER, cfg)
+    started_unselected = []
+
+    def check(engine: object) -> None:
+        if waiting.first_token_s is not None and waiting.request_id not in policy._selected:
+            started_unselected.append(waiting.num_output_tokens)  # noqa: SLF001
+
+    simulate([*rows, waiting], policy, PAPER, cfg, on_step=check)
+    assert not started_unselected
+    assert all(met(r) for r in [*rows, waiting])
