@@ -3,10 +3,13 @@
 Selection (re-planned on every arrival and completion, and every `replan_interval_ratio` of a
 period): each candidate gets a required decode rate v_i per period P, from its TPOT and, with
 `deadlines`, from the tokens it still owes and the time left (its explicit deadline, and the
-implicit one of its mean TPOT). Candidates are ranked by utility per decode slot, U_i / v_i,
-and added greedily while the mask still runs within the period (T from the mask's actual
-column counts, plus the prefills still to run) and, with `memory_aware`, while their whole
-lifetime fits the KV cache. Each improvement over the paper is a named option:
+implicit one of its mean TPOT), planned `rate_margin` faster than needed. Candidates are
+ranked by utility per decode slot over their remaining life, U_i / (v_i x tokens owed)
+(`rank="utility_per_token"`; the paper's utility per slot of a period, U_i / v_i, is
+`rank="utility_rate"`), and added greedily while the mask still runs within the period (T from
+the mask's actual column counts, plus the prefills still to run) and, with `memory_aware`,
+while their whole lifetime fits the KV cache. Each improvement over the paper is a named
+option:
 
 - spread_mask: a row's ones are spread evenly over the period by integer credits (Bresenham),
   so the gap between two tokens stays near P / v_i. Credits persist across re-plans, so a
@@ -19,19 +22,23 @@ lifetime fits the KV cache. Each improvement over the paper is a named option:
 - memory_aware: the selected set's lifetime KV (prompt + max_tokens) fits the cache; when the
   cache runs short, unselected requests are preempted by recompute.
 - skip_and_continue: a candidate that does not fit is skipped, not the end of the selection.
-- work_conserving: capacity the selected rows leave in the period goes to unselected requests
-  (started ones by rank, then triaged ones by utility and size), charged at their marginal
-  latency, only while every decoding selected row stays `extras_guard_tpots` ahead of its
-  schedule and no selected first token is pending. A feasible request that has not started
-  is never started on leftovers: that would start its TPOT clock without a place to keep it.
+- work_conserving: the device never idles while requests wait. Spare time in the period goes
+  first to the admitted rows (the mask wraps as soon as its columns are done, so they run
+  ahead of their pace and free their place sooner: measured, this beats handing the spare to
+  others); unselected requests (started ones by rank, then triaged ones by utility and size)
+  get `best_effort_share` of the period, each charged its marginal latency, and only while
+  every decoding row stays `extras_guard_tpots` ahead of its schedule and no selected first
+  token is pending. A feasible request that has not started is never started on leftovers:
+  that would start its TPOT clock with no place to keep it. With no row selected, everything
+  runs on leftovers.
 - triage: a request whose SLO can no longer be met (TTFT passed without a first token, or
   remaining tokens beyond reach even alone) leaves the selection for good and runs on leftover
   capacity, or is rejected with a reason when `reject_infeasible`.
 - aging (off by default: it cost attainment in every measured setting, and triage plus
   `best_effort_share` already bound how long a request waits): a request that has not started
   ranks higher the longer it waits, up to `aging_max_factor`.
-- best_effort_share: when requests are left out, this share of the period is kept for them,
-  so triaged requests finish even under sustained overload.
+- best_effort_share: when requests are left out, this share of the period is kept for them
+  (the selection leaves it free), so triaged requests finish even under sustained overload.
 """
 
 from __future__ import annotations
@@ -391,8 +398,11 @@ class SlicePolicy(Policy):
         t_ms = period_ms(counts, self._l)
         charges = sum(c.charge_ms for c in chosen if c.prefill_tokens)
         self._period_used_ms = t_ms + charges
-        spare = max(0.0, self.period_ms - self._period_used_ms)
-        self._extra_ms_per_iter = spare / width if width else 0.0
+        # Leftovers: the admitted rows take the period's spare time themselves (the mask
+        # wraps as soon as its columns are done, so they run ahead of their pace and free
+        # their place sooner); unselected requests get `best_effort_share` of it.
+        self._extra_ms_per_iter = (self.period_ms * self.options.best_effort_share / width
+                                   if width else 0.0)
 
     # --- one iteration ---
     def schedule(self, view: SchedulerView) -> Decision:
@@ -525,7 +535,7 @@ class SlicePolicy(Policy):
             if not opts.work_conserving:
                 return
             self._bucket_ms = min(self._bucket_ms + self._extra_ms_per_iter,
-                                  self.period_ms - self._period_used_ms)
+                                  self.period_ms * opts.best_effort_share)
             if any(r.first_token_s is None for r in self._prefills):
                 return  # a selected first token is on its way: nothing may delay it
             allowance_ms = min(self._bucket_ms, self._rows_lead_ms(now_s))
