@@ -104,6 +104,7 @@ class EdfPolicy(Policy):
         passed: list[tuple[RequestHeap, RequestView]] = []  # popped, not scheduled
         scheduled: set[str] = set()
         gone: set[str] = set()  # preempted by this decision
+        later: list[RequestView] = []  # running by deadline, for victims (filled lazily)
         admitting = True
         while budget.rows_left > 0 and budget.tokens_left > 0:
             heap = self._earliest(running, waiting if admitting else None)
@@ -117,7 +118,7 @@ class EdfPolicy(Policy):
             num_new = min(tokens_to_compute(request), budget.tokens_left)
             may_preempt = heap is running or self.options.preempt_to_admit
             if budget.take(request, num_new) or (may_preempt and self._make_room(
-                    view, request, num_new, budget, scheduled, gone, preempted)):
+                    view, request, num_new, budget, scheduled, gone, preempted, later)):
                 batch.append((request, num_new))
                 scheduled.add(request.request_id)
                 self._last_batch[request.request_id] = request
@@ -147,24 +148,28 @@ class EdfPolicy(Policy):
 
     def _make_room(self, view: SchedulerView, request: RequestView, num_new: int,
                    budget: Budget, scheduled: set[str], gone: set[str],
-                   preempted: list[RequestView]) -> bool:
+                   preempted: list[RequestView], later: list[RequestView]) -> bool:
         """Preempt running requests due later than `request`, latest first, until its
-        blocks fit. False (and nothing more preempted) once no later one is left."""
+        blocks fit. False (and nothing more preempted) once no later one is left.
+
+        `later` is this iteration's running requests sorted by deadline (latest last),
+        filled on the first call: one sort per iteration, not a scan per victim."""
+        if not later:
+            later.extend(sorted(view.running, key=deadline_key))
         key = deadline_key(request)
-        while True:
-            victim, victim_key = None, key
-            for other in view.running:
-                other_key = deadline_key(other)
-                if (other_key > victim_key and other.request_id not in scheduled
-                        and other.request_id not in gone):
-                    victim, victim_key = other, other_key
-            if victim is None:
+        while later:
+            victim = later[-1]
+            if deadline_key(victim) <= key:
                 return False
+            later.pop()
+            if victim.request_id in scheduled or victim.request_id in gone:
+                continue
             gone.add(victim.request_id)
             preempted.append(victim)
             budget.release(victim)
             if budget.take(request, num_new):
                 return True
+        return False
 
     def _refresh(self, view: SchedulerView) -> None:
         """Re-key the previous batch; rebuild the heaps if they lost track of the scheduler."""
