@@ -18,9 +18,9 @@ out, unselected requests are preempted by recompute to make room.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import bisect
+from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 from sliceserve.policies.base import (
@@ -54,10 +54,20 @@ def paper_utility_rate(request: RequestView) -> float:
     return request.slo.utility * request.slo.tpot_ms
 
 
-def select_paper(candidates: Sequence[RequestView], period_ms: float, latency: Any,
+def paper_rank_key(request: RequestView) -> tuple[float, float, str]:
+    """Utility rate, highest first; then arrival (and id, for a total order)."""
+    return (-paper_utility_rate(request), request.arrival_s, request.request_id)
+
+
+def select_paper(candidates: Iterable[RequestView], period_ms: float, latency: Any,
                  max_rows: int) -> list[tuple[RequestView, int]]:
     """The paper's greedy selection: rows (request, v) in order of utility rate."""
-    ranked = sorted(candidates, key=lambda r: (-paper_utility_rate(r), r.arrival_s))
+    return select_ranked(sorted(candidates, key=paper_rank_key), period_ms, latency, max_rows)
+
+
+def select_ranked(ranked: Iterable[RequestView], period_ms: float, latency: Any,
+                  max_rows: int) -> list[tuple[RequestView, int]]:
+    """`select_paper` over candidates already in rank order."""
     selected: list[tuple[RequestView, int]] = []
     for request in ranked:
         if len(selected) >= max_rows:
@@ -81,6 +91,8 @@ class SlicePaperPolicy(Policy):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self._dirty = True
+        self._keys: list[tuple[float, float, str]] = []
+        self._ranked: list[RequestView] = []  # unfinished requests in rank order
         self._rows: list[tuple[RequestView, int]] = []
         self._columns: list[list[RequestView]] = []
         self._column = 0
@@ -90,15 +102,24 @@ class SlicePaperPolicy(Policy):
         return 1000.0 * self.options.period_ratio
 
     def on_arrival(self, request: RequestView, view: SchedulerView) -> None:
+        # Candidates kept in rank order (the key never changes), so a re-plan walks the
+        # top of the list instead of sorting every unfinished request.
+        key = paper_rank_key(request)
+        i = bisect.bisect_left(self._keys, key)
+        self._keys.insert(i, key)
+        self._ranked.insert(i, request)
         self._dirty = True
 
     def on_finish(self, request: RequestView, view: SchedulerView) -> None:
+        i = bisect.bisect_left(self._keys, paper_rank_key(request))
+        if i < len(self._keys) and self._ranked[i] is request:
+            del self._keys[i]
+            del self._ranked[i]
         self._dirty = True
 
     def _replan(self, view: SchedulerView) -> None:
-        candidates = list(chain(view.running, view.waiting))
-        self._rows = select_paper(candidates, self.period_ms,
-                                  self.latency_model.decode_latency_ms, self.options.max_rows)
+        self._rows = select_ranked(self._ranked, self.period_ms,
+                                   self.latency_model.decode_latency_ms, self.options.max_rows)
         # Front-packed: sorted by v descending, column c holds every row with v > c.
         rows = sorted(self._rows, key=lambda rv: -rv[1])
         width = rows[0][1] if rows else 0
