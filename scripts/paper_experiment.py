@@ -40,6 +40,10 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "rank utility_rate (paper)": {"rank": "utility_rate"},
 }
 EDGE_RATES = [0.1, 0.2, 0.4, 0.6, 1.0, 2.0]
+EDGE_ABLATION_RATES = [0.6, 1.0, 2.0]
+EDGE_ABLATIONS = ["slice (all options)", "no spread_mask", "no prefill_aware", "no ttft_urgency",
+                  "no work_conserving", "no deadlines", "no triage", "aging on",
+                  "rank utility_rate (paper)"]
 BATCH_SIZES = [4, 8, 16]
 BASELINES = ["orca", "vllm", "fastserve", "edf"]
 
@@ -165,6 +169,19 @@ def main() -> int:
     print(attainment_table(edge, POLICIES, EDGE_RATES))
     print("\nUtility attainment:\n")
     print(attainment_table(edge, POLICIES, EDGE_RATES, "utility_attainment"))
+    if not args.skip_ablation:
+        t0 = time.perf_counter()
+        print(f"\n## Ablation on edge ({time.perf_counter() - t0:.0f} s)\n")
+        print("| variant | " + " | ".join(f"{r:g} rps" for r in EDGE_ABLATION_RATES) + " |")
+        print("|" + "---|" * (len(EDGE_ABLATION_RATES) + 1))
+        edge_abl = []
+        for name in EDGE_ABLATIONS:
+            res = sweep("edge", ["slice"], EDGE_ABLATION_RATES, num_requests=n, seed=seed,
+                        jobs=jobs, policy_options={"slice": ABLATIONS[name]})
+            edge_abl += res
+            print(f"| {name} | " + " | ".join(pct(r["summary"]["slo_attainment"]) for r in res)
+                  + " |")
+        write_results(out / "edge_ablation.json", edge_abl)
     best = max(find(runs, p, heavy)["summary"]["slo_attainment"] for p in BASELINES)
     print(f"\nbest baseline attainment at {heavy:g} rps: {pct(best)}")
     return 0

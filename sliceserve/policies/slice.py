@@ -34,7 +34,7 @@ option:
 - triage: a request whose SLO can no longer be met (TTFT passed without a first token, or
   remaining tokens beyond reach even alone) leaves the selection for good and runs on leftover
   capacity, or is rejected with a reason when `reject_infeasible`.
-- aging (off by default: it cost attainment in every measured setting, and triage plus
+- aging (off by default: it cost 3 points on `edge` and nothing on `paper`, and triage plus
   `best_effort_share` already bound how long a request waits): a request that has not started
   ranks higher the longer it waits, up to `aging_max_factor`.
 - best_effort_share: when requests are left out, this share of the period is kept for them
@@ -77,7 +77,7 @@ class SliceOptions(PolicyOptions):
     work_conserving: bool = True
     deadlines: bool = True
     triage: bool = True
-    aging: bool = False  # measured to cost attainment (docs/RESULTS-paper.md): off by default
+    aging: bool = False  # off by default: measured to cost attainment (docs/RESULTS-paper.md)
     aging_time_s: float = 5.0  # waiting this long doubles a request's rank ...
     aging_max_factor: float = 4.0  # ... up to this factor
     best_effort_share: float = 0.02  # of the period, kept for unselected requests
