@@ -62,7 +62,7 @@ from sliceserve.policies.base import (
 from sliceserve.policies.registry import register
 from sliceserve.policies.slice_mask import decode_rate, period_ms, spread_row
 
-TIER_URGENT, TIER_DEFERRABLE, TIER_TRIAGED = 0, 1, 2
+TIER_URGENT, TIER_DEFERRABLE = 0, 1
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,7 @@ class _Candidate:
     prefill_tokens: int  # tokens to compute before the next token (0 when decoding)
     charge_ms: float  # marginal latency of that prefill
     lifetime_blocks: int
+    feasible: bool  # its SLO can still be met
 
 
 @dataclass(slots=True)
@@ -187,8 +188,8 @@ class SlicePolicy(Policy):
         self._dirty = True
 
     # --- assessment of one candidate ---
-    def _assess(self, r: RequestView, now_s: float) -> _Candidate | None:
-        """Rate, tier and rank of a candidate; None when it is triaged."""
+    def _assess(self, r: RequestView, now_s: float) -> _Candidate:
+        """Rate, tier and rank of a candidate, and whether its SLO can still be met."""
         opts, lm, slo = self.options, self.latency_model, r.slo
         l1 = self._l(1)
         todo = tokens_to_compute(r)
@@ -197,40 +198,37 @@ class SlicePolicy(Policy):
         rate = decode_rate(self.period_ms, slo.tpot_ms * (1.0 - opts.rate_margin))
         started = r.first_token_s is not None
         owed = r.remaining_output_tokens  # tokens still to produce
+        feasible = True
+        ends = []  # when the last token is due: the mean-TPOT bound, the deadline
+        start_s = now_s  # when decoding can start
         if started:
-            ends = [r.first_token_s + (r.max_tokens - 1) * slo.tpot_ms / 1000.0]
+            ends.append(r.first_token_s + (r.max_tokens - 1) * slo.tpot_ms / 1000.0)
+            start_s += prefill_ms / 1000.0  # a recompute after preemption
         else:
-            first_s = now_s + (prefill_ms or l1) / 1000.0
-            if first_s > r.ttft_deadline_s:
-                return None  # TTFT cannot be met any more
-            ends = []
+            start_s += (prefill_ms or l1) / 1000.0  # the first token
+            feasible = start_s <= r.ttft_deadline_s
             owed -= 1
-            now_s = first_s
         if r.deadline_s is not None:
             ends.append(r.deadline_s)
-        if ends and owed > 0:
-            left_ms = (min(ends) - now_s) * 1000.0 - (prefill_ms if started else 0.0)
-            if left_ms < owed * l1:
-                return None  # not even alone
-            if opts.deadlines:
+        if feasible and ends and owed > 0:
+            left_ms = (min(ends) - start_s) * 1000.0
+            feasible = left_ms >= owed * l1  # reachable at least alone
+            if feasible and opts.deadlines:
                 rate = max(rate, math.ceil(self.period_ms * owed / left_ms - 1e-9))
         if rate > self._max_rate:
-            return None
+            feasible, rate = False, self._max_rate
         tier = TIER_URGENT
-        if (opts.ttft_urgency and not started
-                and r.ttft_deadline_s - now_s > self.period_ms / 1000.0):
+        if (feasible and opts.ttft_urgency and not started
+                and r.ttft_deadline_s - start_s > self.period_ms / 1000.0):
             tier = TIER_DEFERRABLE
-        factor = 1.0
-        if opts.aging:
-            if not started:
-                waited = now_s - r.arrival_s
-                factor = min(opts.aging_max_factor, 1.0 + waited / opts.aging_time_s)
-        charge = (lm.prefill_ms_per_token + lm.context_ms_per_token) * prefill
-        lifetime = self.config.blocks_for(r.num_prompt_tokens + r.max_tokens)
-        rank = slo.utility / rate * factor
+        rank = slo.utility / rate
+        if opts.aging and not started:
+            rank *= min(opts.aging_max_factor, 1.0 + (now_s - r.arrival_s) / opts.aging_time_s)
         if opts.rank == "utility_per_token":
             rank /= r.remaining_output_tokens + prefill * lm.prefill_ms_per_token / l1
-        return _Candidate(r, rate, tier, rank, prefill, charge, lifetime)
+        charge = (lm.prefill_ms_per_token + lm.context_ms_per_token) * prefill
+        lifetime = self.config.blocks_for(r.num_prompt_tokens + r.max_tokens)
+        return _Candidate(r, rate, tier, rank, prefill, charge, lifetime, feasible)
 
     # --- selection ---
     def _replan(self, view: SchedulerView) -> None:
@@ -238,15 +236,13 @@ class SlicePolicy(Policy):
         candidates = []
         for rid, r in list(self._active.items()):
             c = self._assess(r, now)
-            if c is None and opts.triage:
-                del self._active[rid]
-                self._triage(r)
-                if opts.reject_infeasible:
-                    self._to_reject.append((r, "rejected: its SLO can no longer be met"))
-            elif c is None:  # without triage a lost cause competes like any other
-                c = self._assess_lost(r)
-            if c is not None:
+            if c.feasible or not opts.triage:  # without triage, lost causes compete too
                 candidates.append(c)
+                continue
+            del self._active[rid]
+            self._triage(r)
+            if opts.reject_infeasible:
+                self._to_reject.append((r, "rejected: its SLO can no longer be met"))
         candidates.sort(key=lambda c: (c.tier, -c.rank, c.request.first_token_s is None,
                                        c.request.arrival_s))
         leftover = bool(self._triaged) or len(candidates) > opts.max_rows
@@ -277,15 +273,6 @@ class SlicePolicy(Policy):
             lost_s = r.ttft_deadline_s - self._l(1) / 1000.0
             nxt = min(nxt, lost_s if c.tier == TIER_URGENT else r.ttft_deadline_s - period_s)
         return max(nxt, now_s + step_s)
-
-    def _assess_lost(self, r: RequestView) -> _Candidate:
-        rate = min(self._max_rate, decode_rate(self.period_ms, r.slo.tpot_ms))
-        todo = tokens_to_compute(r)
-        prefill = todo if todo > 1 else 0
-        lm = self.latency_model
-        charge = (lm.prefill_ms_per_token + lm.context_ms_per_token) * prefill
-        lifetime = self.config.blocks_for(r.num_prompt_tokens + r.max_tokens)
-        return _Candidate(r, rate, TIER_URGENT, r.slo.utility / rate, prefill, charge, lifetime)
 
     def _select(self, candidates: list[_Candidate], budget_ms: float, view: SchedulerView,
                 now_s: float) -> list[_Candidate]:
