@@ -170,8 +170,7 @@ def main() -> int:
     print("\nUtility attainment:\n")
     print(attainment_table(edge, POLICIES, EDGE_RATES, "utility_attainment"))
     if not args.skip_ablation:
-        t0 = time.perf_counter()
-        print(f"\n## Ablation on edge ({time.perf_counter() - t0:.0f} s)\n")
+        print("\n## Ablation on edge\n")
         print("| variant | " + " | ".join(f"{r:g} rps" for r in EDGE_ABLATION_RATES) + " |")
         print("|" + "---|" * (len(EDGE_ABLATION_RATES) + 1))
         edge_abl = []

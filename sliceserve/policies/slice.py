@@ -34,7 +34,7 @@ option:
 - triage: a request whose SLO can no longer be met (TTFT passed without a first token, or
   remaining tokens beyond reach even alone) leaves the selection for good and runs on leftover
   capacity, or is rejected with a reason when `reject_infeasible`.
-- aging (off by default: it cost 3 points on `edge` and nothing on `paper`, and triage plus
+- aging (off by default: it costs 3 points on `edge` and nothing on `paper`, and triage plus
   `best_effort_share` already bound how long a request waits): a request that has not started
   ranks higher the longer it waits, up to `aging_max_factor`.
 - best_effort_share: when requests are left out, this share of the period is kept for them
