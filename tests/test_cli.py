@@ -160,3 +160,12 @@ def test_every_registered_policy_gives_a_valid_run():
     for name in policy_names():
         run = simulate_run("edge", name, rate=0.5, num_requests=12, seed=0)
         assert run["policy"] == name and run["summary"]["n"] == 12
+
+
+def test_out_and_plot_create_missing_folders(capsys, tmp_path: Path) -> None:
+    out = tmp_path / "new" / "deeper" / "run.json"
+    plot = tmp_path / "other" / "sweep.png"
+    code, _, err = run_cli(capsys, "sweep", "-w", "paper", "--policies", "orca", "--rates", "1",
+                           "-n", "20", "--out", out, "--plot", plot)
+    assert code == 0, err
+    assert out.exists() and plot.exists()

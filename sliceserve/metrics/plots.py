@@ -130,6 +130,7 @@ def plot_sweep(runs: Sequence[Run], path: str | Path, *, e2e_rate: float | None 
                frameon=False)
     fig.tight_layout(rect=(0, 0.06 if nrows == 1 else 0.04, 1, 0.96))
     out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out

@@ -86,7 +86,9 @@ def dumps(obj: Any) -> str:
 
 def write_results(path: str | Path, obj: dict[str, Any] | Sequence[dict[str, Any]]) -> None:
     data = obj if isinstance(obj, dict) else list(obj)
-    Path(path).write_text(dumps(data))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dumps(data))
 
 
 # --- reading ---
