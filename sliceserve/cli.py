@@ -113,6 +113,7 @@ def parse_policy_options(items: Sequence[str], policies: Sequence[str]) -> dict[
 
 def _write(path: Path, text: str) -> None:
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     except OSError as e:
         raise BadInput(f"cannot write {path}: {e.strerror}") from None
