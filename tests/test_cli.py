@@ -121,7 +121,7 @@ BAD_INPUTS = {
     "negative num requests": (["simulate", "-w", "paper", "-p", "orca", "-n", "-3"],
                               "--num-requests"),
     "unwritable out": (["simulate", "-w", "paper", "-p", "orca", "-n", "2", "--out",
-                        "/nonexistent/dir/x.json"], "cannot write"),
+                        "/dev/null/dir/x.json"], "cannot write"),
     "sweep bad rates": (["sweep", "-w", "paper", "--policies", "orca", "--rates", "0.1,-2"],
                         "--rates"),
     "sweep rates not numbers": (["sweep", "-w", "paper", "--policies", "orca", "--rates", "a"],
