@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any, Literal
@@ -60,9 +60,8 @@ from sliceserve.policies.base import (
     tokens_to_compute,
 )
 from sliceserve.policies.registry import register
-from sliceserve.policies.slice_mask import decode_rate, period_ms, spread_row
-
-TIER_URGENT, TIER_DEFERRABLE = 0, 1
+from sliceserve.policies.slice_mask import period_ms
+from sliceserve.policies.slice_select import TIER_URGENT, Candidate, Selector
 
 
 @dataclass(frozen=True)
@@ -115,27 +114,6 @@ class SliceOptions(PolicyOptions):
             raise ValueError("replan_interval_ratio must be > 0")
 
 
-@dataclass(slots=True)
-class _Candidate:
-    request: RequestView
-    rate: int  # decode iterations per period
-    tier: int
-    rank: float  # utility per decode slot, aged; higher first
-    prefill_tokens: int  # tokens to compute before the next token (0 when decoding)
-    charge_ms: float  # marginal latency of that prefill
-    lifetime_blocks: int
-    feasible: bool  # its SLO can still be met
-
-
-@dataclass(slots=True)
-class _Pending:
-    """An admitted prefill, for the TTFT prediction."""
-
-    deadline_s: float  # first-token deadline (inf for a recompute)
-    tokens: int
-    charge_ms: float
-
-
 @register
 class SlicePolicy(Policy):
     name = "slice"
@@ -144,12 +122,9 @@ class SlicePolicy(Policy):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self.period_ms = 1000.0 * self.options.period_ratio
-        lm = self.latency_model
-        self._l = lm.decode_latency_ms
-        self._max_rate = max(1, int(self.period_ms // self._l(1)))
-        rows = self.options.max_rows + self.options.max_extra_rows
-        self._min_step_ms = max(0.0, min(self._l(k + 1) - self._l(k) for k in range(1, rows + 1)))
+        self._selector = Selector(self.options, self.latency_model, self.config)
+        self.period_ms = self._selector.period_ms
+        self._l = self.latency_model.decode_latency_ms
         self._active: dict[str, RequestView] = {}  # not triaged, unfinished
         self._triaged: dict[str, RequestView] = {}
         # Serving order of triaged requests: higher utility first, then fewer tokens owed at
@@ -187,55 +162,12 @@ class SlicePolicy(Policy):
         self._credit.pop(rid, None)
         self._dirty = True
 
-    # --- assessment of one candidate ---
-    def _assess(self, r: RequestView, now_s: float) -> _Candidate:
-        """Rate, tier and rank of a candidate, and whether its SLO can still be met."""
-        opts, lm, slo = self.options, self.latency_model, r.slo
-        l1 = self._l(1)
-        todo = tokens_to_compute(r)
-        prefill = todo if todo > 1 else 0
-        prefill_ms = lm.prefill_ms(todo) if prefill else 0.0
-        rate = decode_rate(self.period_ms, slo.tpot_ms * (1.0 - opts.rate_margin))
-        started = r.first_token_s is not None
-        owed = r.remaining_output_tokens  # tokens still to produce
-        feasible = True
-        ends = []  # when the last token is due: the mean-TPOT bound, the deadline
-        start_s = now_s  # when decoding can start
-        if started:
-            ends.append(r.first_token_s + (r.max_tokens - 1) * slo.tpot_ms / 1000.0)
-            start_s += prefill_ms / 1000.0  # a recompute after preemption
-        else:
-            start_s += (prefill_ms or l1) / 1000.0  # the first token
-            feasible = start_s <= r.ttft_deadline_s
-            owed -= 1
-        if r.deadline_s is not None:
-            ends.append(r.deadline_s)
-        if feasible and ends and owed > 0:
-            left_ms = (min(ends) - start_s) * 1000.0
-            feasible = left_ms >= owed * l1  # reachable at least alone
-            if feasible and opts.deadlines:
-                rate = max(rate, math.ceil(self.period_ms * owed / left_ms - 1e-9))
-        if rate > self._max_rate:
-            feasible, rate = False, self._max_rate
-        tier = TIER_URGENT
-        if (feasible and opts.ttft_urgency and not started
-                and r.ttft_deadline_s - start_s > self.period_ms / 1000.0):
-            tier = TIER_DEFERRABLE
-        rank = slo.utility / rate
-        if opts.aging and not started:
-            rank *= min(opts.aging_max_factor, 1.0 + (now_s - r.arrival_s) / opts.aging_time_s)
-        if opts.rank == "utility_per_token":
-            rank /= r.remaining_output_tokens + prefill * lm.prefill_ms_per_token / l1
-        charge = (lm.prefill_ms_per_token + lm.context_ms_per_token) * prefill
-        lifetime = self.config.blocks_for(r.num_prompt_tokens + r.max_tokens)
-        return _Candidate(r, rate, tier, rank, prefill, charge, lifetime, feasible)
-
     # --- selection ---
     def _replan(self, view: SchedulerView) -> None:
         opts, now = self.options, view.now_s
         candidates = []
         for rid, r in list(self._active.items()):
-            c = self._assess(r, now)
+            c = self._selector.assess(r, now)
             if c.feasible or not opts.triage:  # without triage, lost causes compete too
                 candidates.append(c)
                 continue
@@ -249,12 +181,12 @@ class SlicePolicy(Policy):
         budget_ms = self.period_ms * (1.0 - opts.headroom)
         if leftover:
             budget_ms *= 1.0 - opts.best_effort_share
-        chosen = self._select(candidates, budget_ms, view, now)
+        chosen = self._selector.select(candidates, budget_ms, self._credit, now)
         self._install(chosen, candidates, budget_ms)
         self._dirty = False
         self._next_replan_s = self._next_change_s(chosen, candidates, now)
 
-    def _next_change_s(self, chosen: list[_Candidate], candidates: list[_Candidate],
+    def _next_change_s(self, chosen: list[Candidate], candidates: list[Candidate],
                        now_s: float) -> float:
         """When the plan should be looked at again without an arrival or a finish.
 
@@ -274,94 +206,7 @@ class SlicePolicy(Policy):
             nxt = min(nxt, lost_s if c.tier == TIER_URGENT else r.ttft_deadline_s - period_s)
         return max(nxt, now_s + step_s)
 
-    def _select(self, candidates: list[_Candidate], budget_ms: float, view: SchedulerView,
-                now_s: float) -> list[_Candidate]:
-        opts = self.options
-        chosen: list[_Candidate] = []
-        counts: list[int] = []
-        width = 0
-        charges_ms = 0.0
-        blocks = 0
-        pending: list[_Pending] = []
-        total_blocks = view.config.num_kv_blocks
-        t_now_ms = 0.0
-        # Exact pruning of the period test: a new row's columns depend only on its rate and
-        # the width, so once a rate failed with some prefill charge, any equal or larger
-        # charge at that rate fails too, until a row is accepted.
-        failed_charge: dict[int, float] = {}
-        for c in candidates:
-            if len(chosen) >= opts.max_rows:
-                break
-            charge = c.charge_ms if opts.prefill_aware else 0.0
-            new_row = c.request.request_id not in self._credit or not opts.spread_mask
-            fits = not opts.memory_aware or blocks + c.lifetime_blocks <= total_blocks
-            if fits and c.rate <= width:  # a lower bound: every one of its ones costs >= step
-                fits = t_now_ms + c.rate * self._min_step_ms + charges_ms + charge <= budget_ms
-            if fits and new_row and charge >= failed_charge.get(c.rate, math.inf):
-                fits = False
-            if fits:
-                new_width = max(width, c.rate)
-                new_counts = (self._columns(chosen + [c], new_width) if new_width != width
-                              else self._add_row(counts, c, width))
-                t_ms = period_ms(new_counts, self._l)
-                fits = t_ms + charges_ms + charge <= budget_ms
-                if not fits and new_row:
-                    failed_charge[c.rate] = min(charge, failed_charge.get(c.rate, math.inf))
-            if fits and opts.prefill_aware and c.prefill_tokens:
-                fits = self._ttft_holds(pending, c, t_ms / max(new_width, 1), now_s)
-            if not fits:
-                if opts.skip_and_continue:
-                    continue
-                break
-            chosen.append(c)
-            counts, width, t_now_ms = new_counts, new_width, t_ms
-            failed_charge.clear()
-            blocks += c.lifetime_blocks
-            if c.prefill_tokens:
-                charges_ms += c.charge_ms
-                pending.append(self._pending(c))
-        return chosen
-
-    def _pending(self, c: _Candidate) -> _Pending:
-        started = c.request.first_token_s is not None
-        return _Pending(math.inf if started else c.request.ttft_deadline_s, c.prefill_tokens,
-                        c.charge_ms)
-
-    def _ttft_holds(self, pending: list[_Pending], c: _Candidate, column_ms: float,
-                    now_s: float) -> bool:
-        """Predicted first tokens, prefills run earliest deadline first, all still on time."""
-        queue = sorted([*pending, self._pending(c)], key=lambda p: p.deadline_s)
-        chunk = self.options.prefill_chunk_tokens
-        t_ms, tokens = 0.0, 0
-        for p in queue:
-            tokens += p.tokens
-            t_ms += p.charge_ms
-            done_s = now_s + (t_ms + math.ceil(tokens / chunk) * max(column_ms, self._l(1))) / 1e3
-            if done_s > p.deadline_s:
-                return False
-        return True
-
-    def _row_columns(self, c: _Candidate, width: int) -> Iterable[int]:
-        if not self.options.spread_mask:
-            return range(c.rate)
-        rid = c.request.request_id
-        credit = self._credit.get(rid, width - c.rate)
-        return spread_row(c.rate, width, min(max(credit, 0), width - 1))
-
-    def _add_row(self, counts: list[int], c: _Candidate, width: int) -> list[int]:
-        new = list(counts)
-        for col in self._row_columns(c, width):
-            new[col] += 1
-        return new
-
-    def _columns(self, rows: list[_Candidate], width: int) -> list[int]:
-        counts = [0] * width
-        for c in rows:
-            for col in self._row_columns(c, width):
-                counts[col] += 1
-        return counts
-
-    def _install(self, chosen: list[_Candidate], candidates: list[_Candidate],
+    def _install(self, chosen: list[Candidate], candidates: list[Candidate],
                  budget_ms: float) -> None:
         old_width = self._width
         width = max((c.rate for c in chosen), default=0)
@@ -381,7 +226,7 @@ class SlicePolicy(Policy):
                                 else math.inf)
         self._extras = [c.request for c in candidates
                         if c.request.request_id not in self._selected]
-        counts = self._columns(chosen, width)
+        counts = self._selector.columns(chosen, width, self._credit)
         t_ms = period_ms(counts, self._l)
         charges = sum(c.charge_ms for c in chosen if c.prefill_tokens)
         self._period_used_ms = t_ms + charges

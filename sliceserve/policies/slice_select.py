@@ -1,0 +1,190 @@
+"""SLICE's selection: which candidates the period can serve, and at what decode rates.
+
+Stateless between calls: the policy (slice.py) keeps the plan (rows, credits) and runs it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sliceserve.config import SchedulerConfig
+from sliceserve.latency_model import LatencyModel
+from sliceserve.policies.base import RequestView, tokens_to_compute
+from sliceserve.policies.slice_mask import decode_rate, period_ms, spread_row
+
+if TYPE_CHECKING:
+    from sliceserve.policies.slice import SliceOptions
+
+TIER_URGENT, TIER_DEFERRABLE = 0, 1
+
+
+@dataclass(slots=True)
+class Candidate:
+    request: RequestView
+    rate: int  # decode iterations per period
+    tier: int
+    rank: float  # utility per decode slot, aged; higher first
+    prefill_tokens: int  # tokens to compute before the next token (0 when decoding)
+    charge_ms: float  # marginal latency of that prefill
+    lifetime_blocks: int
+    feasible: bool  # its SLO can still be met
+
+
+@dataclass(slots=True)
+class Pending:
+    """An admitted prefill, for the TTFT prediction."""
+
+    deadline_s: float  # first-token deadline (inf for a recompute)
+    tokens: int
+    charge_ms: float
+
+
+class Selector:
+    """Assesses candidates and selects the rows of a period (SLICE full mode)."""
+
+    def __init__(self, options: SliceOptions, latency_model: LatencyModel,
+                 config: SchedulerConfig) -> None:
+        self.options = options
+        self.latency_model = latency_model
+        self.config = config
+        self.period_ms = 1000.0 * options.period_ratio
+        self._l = latency_model.decode_latency_ms
+        self._max_rate = max(1, int(self.period_ms // self._l(1)))
+        rows = options.max_rows + options.max_extra_rows
+        self._min_step_ms = max(0.0, min(self._l(k + 1) - self._l(k) for k in range(1, rows + 1)))
+
+    def assess(self, r: RequestView, now_s: float) -> Candidate:
+        """Rate, tier and rank of a candidate, and whether its SLO can still be met."""
+        opts, lm, slo = self.options, self.latency_model, r.slo
+        l1 = self._l(1)
+        todo = tokens_to_compute(r)
+        prefill = todo if todo > 1 else 0
+        prefill_ms = lm.prefill_ms(todo) if prefill else 0.0
+        rate = decode_rate(self.period_ms, slo.tpot_ms * (1.0 - opts.rate_margin))
+        started = r.first_token_s is not None
+        owed = r.remaining_output_tokens  # tokens still to produce
+        feasible = True
+        ends = []  # when the last token is due: the mean-TPOT bound, the deadline
+        start_s = now_s  # when decoding can start
+        if started:
+            ends.append(r.first_token_s + (r.max_tokens - 1) * slo.tpot_ms / 1000.0)
+            start_s += prefill_ms / 1000.0  # a recompute after preemption
+        else:
+            start_s += (prefill_ms or l1) / 1000.0  # the first token
+            feasible = start_s <= r.ttft_deadline_s
+            owed -= 1
+        if r.deadline_s is not None:
+            ends.append(r.deadline_s)
+        if feasible and ends and owed > 0:
+            left_ms = (min(ends) - start_s) * 1000.0
+            feasible = left_ms >= owed * l1  # reachable at least alone
+            if feasible and opts.deadlines:
+                rate = max(rate, math.ceil(self.period_ms * owed / left_ms - 1e-9))
+        if rate > self._max_rate:
+            feasible, rate = False, self._max_rate
+        tier = TIER_URGENT
+        if (feasible and opts.ttft_urgency and not started
+                and r.ttft_deadline_s - start_s > self.period_ms / 1000.0):
+            tier = TIER_DEFERRABLE
+        rank = slo.utility / rate
+        if opts.aging and not started:
+            rank *= min(opts.aging_max_factor, 1.0 + (now_s - r.arrival_s) / opts.aging_time_s)
+        if opts.rank == "utility_per_token":
+            rank /= r.remaining_output_tokens + prefill * lm.prefill_ms_per_token / l1
+        charge = (lm.prefill_ms_per_token + lm.context_ms_per_token) * prefill
+        lifetime = self.config.blocks_for(r.num_prompt_tokens + r.max_tokens)
+        return Candidate(r, rate, tier, rank, prefill, charge, lifetime, feasible)
+
+    def select(self, candidates: list[Candidate], budget_ms: float,
+               credit: Mapping[str, int], now_s: float) -> list[Candidate]:
+        opts = self.options
+        chosen: list[Candidate] = []
+        counts: list[int] = []
+        width = 0
+        charges_ms = 0.0
+        blocks = 0
+        pending: list[Pending] = []
+        total_blocks = self.config.num_kv_blocks
+        t_now_ms = 0.0
+        # Exact pruning of the period test: a new row's columns depend only on its rate and
+        # the width, so once a rate failed with some prefill charge, any equal or larger
+        # charge at that rate fails too, until a row is accepted.
+        failed_charge: dict[int, float] = {}
+        for c in candidates:
+            if len(chosen) >= opts.max_rows:
+                break
+            charge = c.charge_ms if opts.prefill_aware else 0.0
+            new_row = c.request.request_id not in credit or not opts.spread_mask
+            fits = not opts.memory_aware or blocks + c.lifetime_blocks <= total_blocks
+            if fits and c.rate <= width:  # a lower bound: every one of its ones costs >= step
+                fits = t_now_ms + c.rate * self._min_step_ms + charges_ms + charge <= budget_ms
+            if fits and new_row and charge >= failed_charge.get(c.rate, math.inf):
+                fits = False
+            if fits:
+                new_width = max(width, c.rate)
+                new_counts = (self.columns(chosen + [c], new_width, credit) if new_width != width
+                              else self._add_row(counts, c, width, credit))
+                t_ms = period_ms(new_counts, self._l)
+                fits = t_ms + charges_ms + charge <= budget_ms
+                if not fits and new_row:
+                    failed_charge[c.rate] = min(charge, failed_charge.get(c.rate, math.inf))
+            if fits and opts.prefill_aware and c.prefill_tokens:
+                fits = self.ttft_holds(pending, c, t_ms / max(new_width, 1), now_s)
+            if not fits:
+                if opts.skip_and_continue:
+                    continue
+                break
+            chosen.append(c)
+            counts, width, t_now_ms = new_counts, new_width, t_ms
+            failed_charge.clear()
+            blocks += c.lifetime_blocks
+            if c.prefill_tokens:
+                charges_ms += c.charge_ms
+                pending.append(self.pending(c))
+        return chosen
+
+    def pending(self, c: Candidate) -> Pending:
+        started = c.request.first_token_s is not None
+        return Pending(math.inf if started else c.request.ttft_deadline_s, c.prefill_tokens,
+                        c.charge_ms)
+
+    def ttft_holds(self, pending: list[Pending], c: Candidate, column_ms: float,
+                    now_s: float) -> bool:
+        """Predicted first tokens, prefills run earliest deadline first, all still on time."""
+        queue = sorted([*pending, self.pending(c)], key=lambda p: p.deadline_s)
+        chunk = self.options.prefill_chunk_tokens
+        t_ms, tokens = 0.0, 0
+        for p in queue:
+            tokens += p.tokens
+            t_ms += p.charge_ms
+            done_s = now_s + (t_ms + math.ceil(tokens / chunk) * max(column_ms, self._l(1))) / 1e3
+            if done_s > p.deadline_s:
+                return False
+        return True
+
+    def row_columns(self, c: Candidate, width: int, credit: Mapping[str, int]) -> Iterable[int]:
+        if not self.options.spread_mask:
+            return range(c.rate)
+        rid = c.request.request_id
+        start = credit.get(rid, width - c.rate)
+        return spread_row(c.rate, width, min(max(start, 0), width - 1))
+
+    def _add_row(self, counts: list[int], c: Candidate, width: int,
+                 credit: Mapping[str, int]) -> list[int]:
+        new = list(counts)
+        for col in self.row_columns(c, width, credit):
+            new[col] += 1
+        return new
+
+    def columns(self, rows: list[Candidate], width: int,
+                credit: Mapping[str, int]) -> list[int]:
+        """Column counts of the mask of `rows`, `width` columns wide."""
+        counts = [0] * width
+        for c in rows:
+            for col in self.row_columns(c, width, credit):
+                counts[col] += 1
+        return counts
+
