@@ -143,3 +143,40 @@ def test_on_step_sees_the_engine_after_every_step() -> None:
 def test_empty_workload() -> None:
     result = simulate([], orca(), LATENCY, CONFIG)
     assert result.requests == [] and result.duration_s == 0.0 and result.num_iterations == 0
+
+
+class SleepingExecutor(SimExecutor):
+    """Takes the predicted time for real: the live path (wall clock) on the same engine."""
+
+    def execute(self, plan: Plan):  # type: ignore[no-untyped-def]
+        import time
+
+        result = super().execute(plan)
+        time.sleep(result.duration_s)
+        return result
+
+
+def test_the_same_engine_runs_on_a_wall_clock() -> None:
+    # One scheduler and policy for live and simulated runs: with a WallClock and an executor
+    # whose work takes real time, the step loop gives the same tokens, and the token times
+    # are the wall clock's (at least the predicted durations apart).
+    from sliceserve.clock import WallClock
+    from sliceserve.core.scheduler import Scheduler
+
+    fast = LatencyModel(name="f", decode_ms=(2.0,), decode_slope_ms=0.5,
+                        prefill_ms_per_token=0.01)
+    requests = [make_request(f"w{i}", max_tokens=4) for i in range(3)]
+    clock = WallClock()
+    engine = Engine(Scheduler(CONFIG, make_policy("slice", fast, CONFIG)),
+                    SleepingExecutor(fast), clock)
+    for r in requests:
+        engine.add_request(r)
+    steps = 0
+    while engine.has_unfinished() and steps < 100:
+        engine.step()
+        steps += 1
+    for r in requests:
+        assert r.status is RequestStatus.COMPLETED
+        assert r.output_token_ids == [PLACEHOLDER_TOKEN] * 4
+        gaps = [b - a for a, b in zip(r.token_times_s, r.token_times_s[1:])]
+        assert all(g >= 0.002 - 1e-4 for g in gaps)
