@@ -44,6 +44,30 @@ def next_token_deadline_s(request: RequestView) -> float:
     return request.ttft_deadline_s + request.num_output_tokens * request.slo.tpot_ms / 1000.0
 
 
+class _Descending:
+    """A string that sorts backwards (for the latest-first key)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __lt__(self, other: _Descending) -> bool:
+        return self.text > other.text
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Descending) and self.text == other.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+
+def latest_first_key(request: RequestView) -> tuple[float, float, _Descending]:
+    """`deadline_key` reversed: the request due last comes first."""
+    return (-next_token_deadline_s(request), -request.arrival_s,
+            _Descending(request.request_id))
+
+
 def deadline_key(request: RequestView) -> DeadlineKey:
     """The one ordering key of EDF: next-token deadline, then arrival, then id (a total
     order, so that 'later than' always names a victim other than the request itself)."""
@@ -84,6 +108,7 @@ class EdfPolicy(Policy):
                  config: SchedulerConfig) -> None:
         super().__init__(options, latency_model, config)
         self._running = RequestHeap()
+        self._latest = RequestHeap()  # the same running requests, latest deadline first
         self._waiting = RequestHeap()
         self._last_batch: dict[str, RequestView] = {}  # off the heaps until re-keyed
 
@@ -91,7 +116,7 @@ class EdfPolicy(Policy):
         self._waiting.push(request, deadline_key(request))
 
     def on_finish(self, request: RequestView, view: SchedulerView) -> None:
-        self._running.discard(request.request_id)
+        self._discard_running(request.request_id)
         self._waiting.discard(request.request_id)
         self._last_batch.pop(request.request_id, None)
 
@@ -104,7 +129,7 @@ class EdfPolicy(Policy):
         passed: list[tuple[RequestHeap, RequestView]] = []  # popped, not scheduled
         scheduled: set[str] = set()
         gone: set[str] = set()  # preempted by this decision
-        later: list[RequestView] = []  # running by deadline, for victims (filled lazily)
+        skipped: list[RequestView] = []  # taken off the latest-first heap, not preempted
         admitting = True
         while budget.rows_left > 0 and budget.tokens_left > 0:
             heap = self._earliest(running, waiting if admitting else None)
@@ -118,7 +143,7 @@ class EdfPolicy(Policy):
             num_new = min(tokens_to_compute(request), budget.tokens_left)
             may_preempt = heap is running or self.options.preempt_to_admit
             if budget.take(request, num_new) or (may_preempt and self._make_room(
-                    view, request, num_new, budget, scheduled, gone, preempted, later)):
+                    request, num_new, budget, scheduled, gone, preempted, skipped)):
                 batch.append((request, num_new))
                 scheduled.add(request.request_id)
                 self._last_batch[request.request_id] = request
@@ -129,9 +154,14 @@ class EdfPolicy(Policy):
                 # one waits for. Running requests due later may still compute.
                 admitting = False
         for heap, request in passed:
-            heap.push(request, deadline_key(request))
+            if heap is running:
+                self._push_running(request)
+            else:
+                heap.push(request, deadline_key(request))
+        for request in skipped:
+            self._latest.push(request, latest_first_key(request))
         for request in preempted:  # back to waiting once the decision is applied
-            running.discard(request.request_id)
+            self._discard_running(request.request_id)
             waiting.push(request, deadline_key(request))
         return Decision(batch=batch, preempt=preempted)
 
@@ -146,23 +176,20 @@ class EdfPolicy(Policy):
             return waiting
         return running
 
-    def _make_room(self, view: SchedulerView, request: RequestView, num_new: int,
-                   budget: Budget, scheduled: set[str], gone: set[str],
-                   preempted: list[RequestView], later: list[RequestView]) -> bool:
+    def _make_room(self, request: RequestView, num_new: int, budget: Budget,
+                   scheduled: set[str], gone: set[str], preempted: list[RequestView],
+                   skipped: list[RequestView]) -> bool:
         """Preempt running requests due later than `request`, latest first, until its
-        blocks fit. False (and nothing more preempted) once no later one is left.
-
-        `later` is this iteration's running requests sorted by deadline (latest last),
-        filled on the first call: one sort per iteration, not a scan per victim."""
-        if not later:
-            later.extend(sorted(view.running, key=deadline_key))
+        blocks fit. False (and nothing more preempted) once no later one is left."""
         key = deadline_key(request)
-        while later:
-            victim = later[-1]
+        latest = self._latest
+        while (top := latest.peek()) is not None:
+            victim = top[1]
             if deadline_key(victim) <= key:
                 return False
-            later.pop()
+            latest.pop()
             if victim.request_id in scheduled or victim.request_id in gone:
+                skipped.append(victim)
                 continue
             gone.add(victim.request_id)
             preempted.append(victim)
@@ -171,17 +198,28 @@ class EdfPolicy(Policy):
                 return True
         return False
 
+    def _push_running(self, request: RequestView) -> None:
+        self._running.push(request, deadline_key(request))
+        self._latest.push(request, latest_first_key(request))
+
+    def _discard_running(self, request_id: str) -> None:
+        self._running.discard(request_id)
+        self._latest.discard(request_id)
+
     def _refresh(self, view: SchedulerView) -> None:
         """Re-key the previous batch; rebuild the heaps if they lost track of the scheduler."""
         for request in self._last_batch.values():
-            heap = self._running if request.status is RequestStatus.RUNNING else self._waiting
-            heap.push(request, deadline_key(request))
+            if request.status is RequestStatus.RUNNING:
+                self._push_running(request)
+            else:
+                self._waiting.push(request, deadline_key(request))
         self._last_batch.clear()
         if len(self._running) != len(view.running) or len(self._waiting) != len(view.waiting):
             self._running.clear()
+            self._latest.clear()
             self._waiting.clear()
             for request in view.running:
-                self._running.push(request, deadline_key(request))
+                self._push_running(request)
             for request in view.waiting:
                 self._waiting.push(request, deadline_key(request))
 
