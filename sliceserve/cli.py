@@ -267,11 +267,15 @@ def workload(
 
 @app.command()
 def policies() -> None:
-    """List the registered policies."""
-    from sliceserve.policies.registry import policy_names
+    """List the registered policies, each with its options and their defaults."""
+    import dataclasses
+
+    from sliceserve.policies.registry import policy_class, policy_names
 
     for name in policy_names():
         print(name)
+        for field in dataclasses.fields(policy_class(name).Options):
+            print(f"    {field.name} = {field.default!r}")
 
 
 # --- helpers of the commands ---
