@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def blocks_for_tokens(num_tokens: int, block_size: int) -> int:
+    """KV blocks that hold `num_tokens` tokens."""
+    return -(-num_tokens // block_size)
+
+
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
     """Hard limits the scheduler enforces whatever the policy asks for.
@@ -28,8 +33,7 @@ class SchedulerConfig:
                     f"SchedulerConfig.{name} must be a positive integer, got {value!r}")
 
     def blocks_for(self, num_tokens: int) -> int:
-        """KV blocks that hold `num_tokens` tokens."""
-        return -(-num_tokens // self.block_size)
+        return blocks_for_tokens(num_tokens, self.block_size)
 
     @property
     def kv_capacity_tokens(self) -> int:

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any, Literal
@@ -182,7 +181,7 @@ class SlicePolicy(Policy):
         if leftover:
             budget_ms *= 1.0 - opts.best_effort_share
         chosen = self._selector.select(candidates, budget_ms, self._credit, now)
-        self._install(chosen, candidates, budget_ms)
+        self._install(chosen, candidates)
         self._dirty = False
         self._next_replan_s = self._next_change_s(chosen, candidates, now)
 
@@ -206,8 +205,7 @@ class SlicePolicy(Policy):
             nxt = min(nxt, lost_s if c.tier == TIER_URGENT else r.ttft_deadline_s - period_s)
         return max(nxt, now_s + step_s)
 
-    def _install(self, chosen: list[Candidate], candidates: list[Candidate],
-                 budget_ms: float) -> None:
+    def _install(self, chosen: list[Candidate], candidates: list[Candidate]) -> None:
         old_width = self._width
         width = max((c.rate for c in chosen), default=0)
         credit = {}
@@ -277,7 +275,7 @@ class SlicePolicy(Policy):
         self._run_prefills(add, budget)
         self._run_extras(add, budget, batch, view.now_s)
         if not batch:  # never idle while something can run
-            for r in chain(self._rows_requests(), self._extras, self._triaged_in_order()):
+            for r in chain((r for r, _ in self._rows), self._extras, self._triaged_order):
                 if add(r, min(tokens_to_compute(r), budget.tokens_left)):
                     break
         return Decision(batch=batch, preempt=preempt, reject=reject)
@@ -289,12 +287,6 @@ class SlicePolicy(Policy):
         i = bisect.bisect_left(self._triaged_keys, key)
         self._triaged_keys.insert(i, key)
         self._triaged_order.insert(i, r)
-
-    def _triaged_in_order(self) -> Iterator[RequestView]:
-        return iter(self._triaged_order)
-
-    def _rows_requests(self) -> list[RequestView]:
-        return [r for r, _ in self._rows]
 
     def _victims(self, view: SchedulerView, rejected: set[str]) -> list[RequestView]:
         """Running requests that may lose their KV; the list is popped from its end.
@@ -376,10 +368,10 @@ class SlicePolicy(Policy):
         chunk_left = opts.prefill_chunk_tokens
         per_token_ms = self.latency_model.prefill_ms_per_token
         spent_ms = 0.0
-        for r in chain(self._extras, self._triaged_in_order()):
+        for r in chain(self._extras, self._triaged_order):
             if extras_left <= 0 or budget.rows_left <= 0 or budget.tokens_left <= 0:
                 break
-            if r.first_token_s is None and r.request_id not in self._triaged:
+            if self._rows and r.first_token_s is None and r.request_id not in self._triaged:
                 # Starting a request starts its TPOT clock: one that can still meet its SLO
                 # waits for a place in the selection rather than start on leftovers.
                 continue
@@ -395,7 +387,8 @@ class SlicePolicy(Policy):
             if n >= 1 and add(r, n):
                 rows += 1
                 extras_left -= 1
-                chunk_left -= n if n > 1 else 0
+                if todo > 1:
+                    chunk_left -= n
                 spent_ms += row_ms + per_token_ms * (n - 1)
         if self._rows:
             self._bucket_ms -= spent_ms
