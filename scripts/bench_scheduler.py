@@ -46,6 +46,7 @@ from sliceserve.engine.engine import Engine  # noqa: E402
 from sliceserve.latency_model import LatencyModel  # noqa: E402
 from sliceserve.policies.registry import make_policy, policy_names  # noqa: E402
 from sliceserve.request import SLO, Request, SamplingParams  # noqa: E402
+from sliceserve.sim.run import scheduler_config_for  # noqa: E402
 from sliceserve.sim.sim_executor import SimExecutor  # noqa: E402
 
 REFERENCE_POLICY = "orca"
@@ -75,10 +76,6 @@ def make_requests(num: int, rate_rps: float, seed: int, start_s: float = 0.0) ->
                                 SamplingParams(max_tokens=rng.randint(lo, hi), ignore_eos=True),
                                 slo))
     return requests
-
-
-def scheduler_config(model: LatencyModel) -> SchedulerConfig:
-    return SchedulerConfig.for_capacity(model.kv_capacity_tokens or 32768)
 
 
 # --- (a) simulator speed ---
@@ -310,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     num = args.requests or (1000 if args.quick else 10_000)
     cpu = pin_to_one_core()
     model = LatencyModel.load("paper")
-    config = scheduler_config(model)
+    config = scheduler_config_for(model)
     registered = policy_names()
     wanted = args.policies or list(dict.fromkeys([*registered, *KNOWN_POLICIES]))
 
