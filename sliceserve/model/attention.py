@@ -1,0 +1,190 @@
+"""Attention over the paged KV cache for a batch of variable-length chunks.
+
+A plan's chunks are flattened into one token stream: every linear layer runs once over all
+tokens. Attention differs by chunk shape, so `BatchLayout` (built once per iteration, shared
+by all layers) orders the chunks as
+    [single-token rows (decodes, 1-token chunks) | multi-token chunks (prefill pieces)]
+Single-token rows attend together: their keys are gathered from their block tables into one
+padded batch with an additive mask. Each multi-token chunk attends on its own, causally,
+straight from its fresh keys when it starts the sequence, else over its gathered history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from sliceserve.core.plan import ScheduledChunk
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillSegment:
+    start: int  # first token index in the flattened stream
+    num_tokens: int
+    num_computed: int  # tokens already in the cache before this chunk
+    block_table: torch.Tensor | None  # [blocks] (only when num_computed > 0)
+    mask: torch.Tensor | None  # [num_tokens, num_computed + num_tokens] additive
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLayout:
+    order: tuple[int, ...]  # plan chunk index for each position in the flattened order
+    input_ids: torch.Tensor  # [T]
+    positions: torch.Tensor  # [T]
+    slots: torch.Tensor  # [T] KV slot of each token
+    num_rows: int  # single-token rows, first in the stream
+    row_tables: torch.Tensor | None  # [rows, max_blocks]
+    row_mask: torch.Tensor | None  # [rows, 1, 1, max_blocks * block_size] additive
+    prefills: tuple[PrefillSegment, ...]
+    sample_index: torch.Tensor  # [S] token index whose hidden state samples, per sampling chunk
+    sample_chunks: tuple[int, ...]  # plan chunk index of each sampling row
+
+
+def chunk_token_ids(chunk: ScheduledChunk) -> list[int]:
+    """The tokens this chunk computes: a slice of prompt + output tokens."""
+    request = chunk.request
+    prompt = request.prompt_token_ids
+    if prompt is None:
+        raise ValueError(f"request {request.request_id} has no prompt token ids")
+    start = chunk.num_computed_tokens
+    end = start + chunk.num_new_tokens
+    num_prompt = request.num_prompt_tokens
+    output = request.output_token_ids
+    if start >= num_prompt:
+        return list(output[start - num_prompt:end - num_prompt])
+    if end <= num_prompt:
+        return list(prompt[start:end])
+    return list(prompt[start:]) + list(output[:end - num_prompt])
+
+
+def build_layout(chunks: Sequence[ScheduledChunk], block_size: int, dtype: torch.dtype,
+                 device: torch.device) -> BatchLayout:
+    rows = [i for i, c in enumerate(chunks) if c.num_new_tokens == 1]
+    multi = [i for i, c in enumerate(chunks) if c.num_new_tokens > 1]
+    order = rows + multi
+    ids: list[int] = []
+    positions: list[int] = []
+    slots: list[int] = []
+    sample_index: list[int] = []
+    sample_chunks: list[int] = []
+    prefills = []
+    for i in order:
+        chunk = chunks[i]
+        start = len(ids)
+        first = chunk.num_computed_tokens
+        table = chunk.block_ids
+        ids.extend(chunk_token_ids(chunk))
+        for pos in range(first, first + chunk.num_new_tokens):
+            positions.append(pos)
+            slots.append(table[pos // block_size] * block_size + pos % block_size)
+        if chunk.samples:
+            sample_index.append(len(ids) - 1)
+            sample_chunks.append(i)
+        if chunk.num_new_tokens > 1:
+            prefills.append(_segment(chunk, start, block_size, dtype, device))
+    row_tables, row_mask = _row_tables(chunks, rows, block_size, dtype, device)
+    as_long = {"dtype": torch.long, "device": device}
+    return BatchLayout(
+        order=tuple(order),
+        input_ids=torch.tensor(ids, **as_long),
+        positions=torch.tensor(positions, **as_long),
+        slots=torch.tensor(slots, **as_long),
+        num_rows=len(rows),
+        row_tables=row_tables,
+        row_mask=row_mask,
+        prefills=tuple(prefills),
+        sample_index=torch.tensor(sample_index, **as_long),
+        sample_chunks=tuple(sample_chunks),
+    )
+
+
+def _row_tables(chunks: Sequence[ScheduledChunk], rows: list[int], block_size: int,
+                dtype: torch.dtype, device: torch.device,
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    if not rows:
+        return None, None
+    lengths = [chunks[i].num_computed_tokens + 1 for i in rows]
+    max_blocks = -(-max(lengths) // block_size)
+    tables = [list(chunks[i].block_ids[:max_blocks]) for i in rows]
+    padded = [t + [0] * (max_blocks - len(t)) for t in tables]  # block 0: masked out
+    table_tensor = torch.tensor(padded, dtype=torch.long, device=device)
+    span = torch.arange(max_blocks * block_size, device=device)
+    valid = span[None, :] < torch.tensor(lengths, device=device)[:, None]
+    mask = torch.zeros(valid.shape, dtype=dtype, device=device)
+    mask.masked_fill_(~valid, float("-inf"))
+    return table_tensor, mask[:, None, None, :]
+
+
+def _segment(chunk: ScheduledChunk, start: int, block_size: int, dtype: torch.dtype,
+             device: torch.device) -> PrefillSegment:
+    n = chunk.num_new_tokens
+    done = chunk.num_computed_tokens
+    if done == 0:  # the chunk is the whole history: causal attention over fresh keys
+        return PrefillSegment(start, n, 0, None, None)
+    total = done + n
+    table = torch.tensor(chunk.block_ids[:-(-total // block_size)], dtype=torch.long,
+                         device=device)
+    query_pos = torch.arange(done, total, device=device)[:, None]
+    key_pos = torch.arange(total, device=device)[None, :]
+    mask = torch.zeros((n, total), dtype=dtype, device=device)
+    mask.masked_fill_(key_pos > query_pos, float("-inf"))
+    return PrefillSegment(start, n, done, table, mask)
+
+
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    key_cache: torch.Tensor, value_cache: torch.Tensor,
+                    layout: BatchLayout, block_size: int) -> torch.Tensor:
+    """q: [T, H, D]; k, v: [T, Hkv, D] (this iteration's); caches: [slots, Hkv, D].
+
+    Writes k, v into their slots and returns the attention output [T, H, D].
+    """
+    key_cache.index_copy_(0, layout.slots, k)
+    value_cache.index_copy_(0, layout.slots, v)
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    num_kv_heads = k.shape[1]
+    group = num_heads // num_kv_heads
+    out = torch.empty_like(q)
+    rows = layout.num_rows
+    if rows:
+        keys = _gather(key_cache, layout.row_tables, block_size)  # [rows, Hkv, L, D]
+        values = _gather(value_cache, layout.row_tables, block_size)
+        # Grouped-query attention without repeating keys: a kv head's query heads act
+        # as that head's query positions.
+        queries = q[:rows].view(rows, num_kv_heads, group, head_dim)
+        att = F.scaled_dot_product_attention(queries, keys, values, attn_mask=layout.row_mask)
+        out[:rows] = att.reshape(rows, num_heads, head_dim)
+    for seg in layout.prefills:
+        end = seg.start + seg.num_tokens
+        queries = q[seg.start:end].transpose(0, 1)[None]  # [1, H, n, D]
+        if seg.block_table is None:
+            keys = k[seg.start:end].transpose(0, 1)[None]
+            values = v[seg.start:end].transpose(0, 1)[None]
+            att = _sdpa_gqa(queries, keys, values, None, group)
+        else:
+            total = seg.num_computed + seg.num_tokens
+            keys = _gather(key_cache, seg.block_table[None], block_size)[:, :, :total]
+            values = _gather(value_cache, seg.block_table[None], block_size)[:, :, :total]
+            att = _sdpa_gqa(queries, keys, values, seg.mask, group)
+        out[seg.start:end] = att[0].transpose(0, 1)
+    return out
+
+
+def _gather(cache: torch.Tensor, tables: torch.Tensor, block_size: int) -> torch.Tensor:
+    """[slots, Hkv, D] gathered by block tables [B, nb] -> [B, Hkv, nb * block_size, D]."""
+    num_seqs, num_blocks = tables.shape
+    blocks = cache.view(-1, block_size, cache.shape[1], cache.shape[2])[tables]
+    return blocks.view(num_seqs, num_blocks * block_size, cache.shape[1],
+                       cache.shape[2]).transpose(1, 2)
+
+
+def _sdpa_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+              group: int) -> torch.Tensor:
+    if group > 1:
+        k = k.repeat_interleave(group, dim=1)
+        v = v.repeat_interleave(group, dim=1)
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

@@ -1,0 +1,127 @@
+"""The Llama-family transformer (Llama 1-3, SmolLM2, TinyLlama, Mistral, Qwen2), batched over
+a flattened token stream with a paged KV cache.
+
+Weights arrive with Hugging Face names and are fused at load: q/k/v into one projection,
+gate/up into another, so a layer is a handful of large matmuls. Shapes in comments:
+T tokens in the iteration, H query heads, Hkv key/value heads, D head dim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from sliceserve.model.attention import BatchLayout, paged_attention
+from sliceserve.model.config import ModelConfig, ModelLoadError
+from sliceserve.model.kv_cache import KVCache
+from sliceserve.model.rope import apply_rope, cos_sin_table
+
+
+@dataclass(frozen=True, slots=True)
+class LayerWeights:
+    input_norm: torch.Tensor
+    qkv: torch.Tensor  # [(H + 2 Hkv) D, hidden]
+    qkv_bias: torch.Tensor | None
+    out: torch.Tensor  # [hidden, H D]
+    post_norm: torch.Tensor
+    gate_up: torch.Tensor  # [2 I, hidden]
+    down: torch.Tensor  # [hidden, I]
+
+
+class LlamaModel:
+    def __init__(self, config: ModelConfig, weights: Mapping[str, torch.Tensor],
+                 max_positions: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.config = config
+        self.dtype = dtype
+        self.device = device
+        take = _Taker(weights, dtype, device)
+        self.embed = take("model.embed_tokens.weight")
+        self.layers = [self._layer(take, i) for i in range(config.num_layers)]
+        self.norm = take("model.norm.weight")
+        if config.tie_word_embeddings or "lm_head.weight" not in weights:
+            self.lm_head = self.embed
+        else:
+            self.lm_head = take("lm_head.weight")
+        self._check_shapes()
+        self.cos, self.sin = cos_sin_table(config, max_positions, dtype, device)
+        self.q_size = config.num_heads * config.head_dim
+        self.kv_size = config.num_kv_heads * config.head_dim
+
+    def _layer(self, take: _Taker, i: int) -> LayerWeights:
+        p = f"model.layers.{i}."
+        qkv_bias = None
+        if self.config.qkv_bias:
+            qkv_bias = torch.cat([take(p + f"self_attn.{n}_proj.bias") for n in "qkv"])
+        return LayerWeights(
+            input_norm=take(p + "input_layernorm.weight"),
+            qkv=torch.cat([take(p + f"self_attn.{n}_proj.weight") for n in "qkv"]),
+            qkv_bias=qkv_bias,
+            out=take(p + "self_attn.o_proj.weight"),
+            post_norm=take(p + "post_attention_layernorm.weight"),
+            gate_up=torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]),
+            down=take(p + "mlp.down_proj.weight"),
+        )
+
+    def _check_shapes(self) -> None:
+        c = self.config
+        expected = (c.vocab_size, c.hidden_size)
+        if tuple(self.embed.shape) != expected:
+            raise ModelLoadError(f"embed_tokens has shape {tuple(self.embed.shape)}, config says "
+                                 f"{expected}")
+        qkv_rows = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
+        if tuple(self.layers[0].qkv.shape) != (qkv_rows, c.hidden_size):
+            raise ModelLoadError("attention weights do not match the config's head counts")
+
+    def forward(self, layout: BatchLayout, cache: KVCache) -> torch.Tensor:
+        """Run all tokens; return the final hidden states of the sampling tokens [S, hidden]."""
+        c = self.config
+        eps = c.rms_norm_eps
+        hidden = F.embedding(layout.input_ids, self.embed)  # [T, hidden]
+        cos = self.cos[layout.positions][:, None, :]  # [T, 1, D]
+        sin = self.sin[layout.positions][:, None, :]
+        num_tokens = hidden.shape[0]
+        for index, w in enumerate(self.layers):
+            x = _rms_norm(hidden, w.input_norm, eps)
+            qkv = F.linear(x, w.qkv, w.qkv_bias)
+            q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
+            q = apply_rope(q.view(num_tokens, c.num_heads, c.head_dim), cos, sin)
+            k = apply_rope(k.view(num_tokens, c.num_kv_heads, c.head_dim), cos, sin)
+            v = v.view(num_tokens, c.num_kv_heads, c.head_dim)
+            key_cache, value_cache = cache.layer(index)
+            att = paged_attention(q, k, v, key_cache, value_cache, layout, cache.block_size)
+            hidden = hidden + F.linear(att.view(num_tokens, self.q_size), w.out)
+            x = _rms_norm(hidden, w.post_norm, eps)
+            gate, up = F.linear(x, w.gate_up).chunk(2, dim=-1)
+            hidden = hidden + F.linear(F.silu(gate) * up, w.down)
+        return hidden[layout.sample_index]
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[S, hidden] -> float32 logits [S, vocab]."""
+        x = _rms_norm(hidden, self.norm, self.config.rms_norm_eps)
+        return F.linear(x, self.lm_head).float()
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # As transformers does it: normalize in float32, cast back, then scale.
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+class _Taker:
+    """Fetch a named weight, cast and placed, with a clear error when it is missing."""
+
+    def __init__(self, weights: Mapping[str, torch.Tensor], dtype: torch.dtype,
+                 device: torch.device) -> None:
+        self.weights = weights
+        self.dtype = dtype
+        self.device = device
+
+    def __call__(self, name: str) -> torch.Tensor:
+        tensor = self.weights.get(name)
+        if tensor is None:
+            raise ModelLoadError(f"the checkpoint lacks the weight {name!r}")
+        return tensor.to(device=self.device, dtype=self.dtype).contiguous()

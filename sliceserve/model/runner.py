@@ -1,0 +1,121 @@
+"""ModelRunner: the engine's Executor for a real model.
+
+It turns a `Plan` (per request: tokens to compute, its block table) into one batched forward
+pass and one sampled token per sampling chunk, and reports the measured wall time. It owns the
+weights and the KV memory; the scheduler owns which blocks belong to whom.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sliceserve.config import SchedulerConfig
+from sliceserve.core.plan import ExecuteResult, Plan
+from sliceserve.model.attention import build_layout
+from sliceserve.model.config import ModelConfig
+from sliceserve.model.kv_cache import DEFAULT_KV_CACHE_MEMORY_GB, KVCache, blocks_for_memory
+from sliceserve.model.llama import LlamaModel
+from sliceserve.model.loader import load_state_dict
+from sliceserve.model.sampler import Sampler
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    dtype: str = "bfloat16"
+    device: str = "cpu"
+    block_size: int = 16
+    kv_cache_memory_gb: float | None = None  # KV budget; DEFAULT_KV_CACHE_MEMORY_GB when unset
+    num_kv_blocks: int | None = None  # overrides kv_cache_memory_gb
+    max_num_batched_tokens: int = 2048
+    max_model_len: int | None = None  # default: the model's positions, capped by the cache
+    num_threads: int | None = None  # torch CPU threads; None leaves torch's choice
+    seed: int | None = None  # for requests without their own seed
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        for name in ("block_size", "num_kv_blocks", "max_num_batched_tokens", "max_model_len",
+                     "num_threads"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.kv_cache_memory_gb is not None and not self.kv_cache_memory_gb > 0:
+            raise ValueError(f"kv_cache_memory_gb must be > 0, got {self.kv_cache_memory_gb!r}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+
+class ModelRunner:
+    def __init__(self, folder: str | Path, config: RunnerConfig | None = None) -> None:
+        config = config or RunnerConfig()
+        self.config = config
+        try:
+            self.device = torch.device(config.device)
+        except RuntimeError as e:
+            raise ValueError(f"bad device {config.device!r}: {e}") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' asked for, but torch sees no CUDA device")
+        if config.num_threads is not None:
+            torch.set_num_threads(config.num_threads)
+        self.folder = Path(folder)
+        self.model_config = ModelConfig.from_folder(folder)
+        self.dtype = config.torch_dtype
+        self.block_size = config.block_size
+        self.num_kv_blocks = config.num_kv_blocks or blocks_for_memory(
+            self.model_config, config.kv_cache_memory_gb or DEFAULT_KV_CACHE_MEMORY_GB,
+            config.block_size, self.dtype)
+        capacity = self.num_kv_blocks * self.block_size
+        self.max_model_len = min(config.max_model_len or self.model_config.max_position_embeddings,
+                                 self.model_config.max_position_embeddings, capacity)
+        weights = load_state_dict(self.folder, self.dtype, self.device)
+        self.model = LlamaModel(self.model_config, weights, self.max_model_len, self.dtype,
+                                self.device)
+        del weights
+        self.cache = KVCache(self.model_config, self.num_kv_blocks, self.block_size, self.dtype,
+                             self.device)
+        self.sampler = Sampler(self.device, config.seed)
+
+    def scheduler_config(self, **overrides: Any) -> SchedulerConfig:
+        """Scheduler limits that match this runner's cache and model."""
+        base = SchedulerConfig(
+            max_num_batched_tokens=self.config.max_num_batched_tokens,
+            block_size=self.block_size,
+            num_kv_blocks=self.num_kv_blocks,
+            max_model_len=self.max_model_len,
+            eos_token_ids=self.model_config.eos_token_ids,
+        )
+        return replace(base, **overrides)
+
+    @property
+    def device_name(self) -> str:
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_name(self.device)
+        return f"cpu-{torch.get_num_threads()}t"
+
+    @torch.inference_mode()
+    def execute(self, plan: Plan) -> ExecuteResult:
+        start = time.perf_counter()
+        chunks = plan.chunks
+        for chunk in chunks:
+            end = chunk.num_computed_tokens + chunk.num_new_tokens
+            if end > self.max_model_len:
+                raise ValueError(f"request {chunk.request.request_id} reaches position {end}, "
+                                 f"beyond max_model_len {self.max_model_len}")
+        layout = build_layout(chunks, self.block_size, self.dtype, self.device)
+        hidden = self.model.forward(layout, self.cache)
+        token_ids: list[int | None] = [None] * len(chunks)
+        if layout.sample_chunks:
+            logits = self.model.logits(hidden)
+            requests = [chunks[i].request for i in layout.sample_chunks]
+            for i, token in zip(layout.sample_chunks, self.sampler.sample(logits, requests)):
+                token_ids[i] = token
+        return ExecuteResult(token_ids=token_ids, duration_s=time.perf_counter() - start)

@@ -1,0 +1,51 @@
+"""Build a real engine (ModelRunner + Scheduler + a policy) for tests, and drive it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sliceserve.clock import WallClock
+from sliceserve.core.scheduler import Scheduler
+from sliceserve.engine.engine import Engine
+from sliceserve.latency_model import LatencyModel
+from sliceserve.model.runner import ModelRunner, RunnerConfig
+from sliceserve.policies.base import Policy
+from sliceserve.policies.registry import make_policy
+from sliceserve.request import SLO, Request, SamplingParams
+
+LENIENT = SLO(ttft_ms=1e7, tpot_ms=1e7)
+
+
+def make_engine(folder: Path | ModelRunner, policy: str | Policy = "vllm",
+                options: dict[str, Any] | None = None, *,
+                wrap: Callable[[Policy], Policy] | None = None, **runner_kwargs: Any,
+                ) -> Engine:
+    runner = folder if isinstance(folder, ModelRunner) else ModelRunner(
+        folder, RunnerConfig(**{"dtype": "float32", "num_kv_blocks": 256, **runner_kwargs}))
+    config = runner.scheduler_config()
+    if isinstance(policy, str):
+        policy = make_policy(policy, LatencyModel.load("paper"), config, options or {})
+    if wrap is not None:
+        policy = wrap(policy)
+    return Engine(Scheduler(config, policy), runner, WallClock())
+
+
+def request(rid: str, prompt: Sequence[int], max_tokens: int = 8, *, slo: SLO = LENIENT,
+            **sampling: Any) -> Request:
+    params = SamplingParams(max_tokens=max_tokens, **{"temperature": 0.0, "ignore_eos": True,
+                                                      **sampling})
+    return Request(rid, 0.0, len(prompt), params, slo, prompt_token_ids=list(prompt))
+
+
+def run_to_completion(engine: Engine, requests: Sequence[Request],
+                      max_steps: int = 100_000) -> dict[str, list[int]]:
+    for r in requests:
+        engine.add_request(r)
+    steps = 0
+    while engine.has_unfinished():
+        engine.step()
+        steps += 1
+        assert steps < max_steps, "engine did not finish"
+    return {r.request_id: list(r.output_token_ids) for r in requests}
