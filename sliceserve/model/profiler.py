@@ -1,0 +1,300 @@
+"""Measure a model runner on this device and fit the latency model of the core to it.
+
+    profile = profile_runner(runner)                      # decode x context, prefill, mixed
+    model = fit_latency_model(profile, "smollm2@cpu")     # sliceserve.latency_model.LatencyModel
+    model = latency_model_for(runner, "smollm2-135m")     # cached per model/device/dtype/threads
+
+Timings come from synthetic plans handed straight to `runner.execute` (no scheduler): random
+prompt ids, KV block ids assigned here from the runner's pool. The KV content is garbage, which
+does not change the work done. Shapes run round-robin, `repeats` times each, and the median
+is kept, so a burst of noise from another process hits one sample of many points rather than
+every sample of one point.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from sliceserve.config import blocks_for_tokens
+from sliceserve.core.plan import ExecuteResult, Plan, ScheduledChunk
+from sliceserve.latency_model import LatencyModel
+from sliceserve.model.profile_fit import (
+    FitError,
+    Profile,
+    ProfileError,
+    ProfilePoint,
+    fit_errors,
+    fit_latency_model,
+)
+from sliceserve.request import SLO, Request, SamplingParams
+
+__all__ = ["DEFAULT_BATCH_SIZES", "DEFAULT_CONTEXT_LENGTHS", "DEFAULT_MIXED",
+           "DEFAULT_PREFILL_TOKENS", "QUICK", "FitError", "Profile", "ProfileError",
+           "ProfileKey", "ProfilePoint", "cached_profile_path", "fit_errors",
+           "fit_latency_model", "latency_model_for", "load_cached_profile", "profile_key",
+           "profile_runner", "store_profile", "warm_up"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 12, 16, 24, 32)
+DEFAULT_CONTEXT_LENGTHS = (256, 1024)
+DEFAULT_PREFILL_TOKENS = (32, 64, 128, 256, 512)
+# (decode rows, their context, prefill tokens): iterations that mix both, fit-checked only.
+DEFAULT_MIXED: tuple[tuple[int, int, int], ...] = ((4, 256, 128), (16, 256, 256))
+# The start-up calibration: every term measured once, well under 20 s for SmolLM2 on 2 cores.
+QUICK: dict[str, Any] = {"batch_sizes": (1, 2, 4, 8, 16, 32), "context_lengths": (256, 1024),
+                         "prefill_tokens": (32, 128, 512), "mixed": (), "repeats": 1,
+                         "warmup": 0}
+CACHE_SCHEMA = "sliceserve.profile-cache/v1"
+_PROFILE_SLO = SLO(ttft_ms=1e6, tpot_ms=1e6)
+# Greedy, like the live runs: sampling cost is part of every measured iteration.
+_PROFILE_SAMPLING = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+
+
+class Runner(Protocol):
+    """What the profiler needs of sliceserve.model.runner.ModelRunner."""
+
+    num_kv_blocks: int
+    block_size: int
+    max_model_len: int
+
+    def execute(self, plan: Plan) -> ExecuteResult: ...
+
+
+Progress = Callable[[int, int, str], None]  # (done, total, what)
+
+
+# --- measuring ---
+
+def profile_runner(runner: Runner, *, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+                   context_lengths: Sequence[int] = DEFAULT_CONTEXT_LENGTHS,
+                   prefill_tokens: Sequence[int] = DEFAULT_PREFILL_TOKENS,
+                   mixed: Sequence[tuple[int, int, int]] = DEFAULT_MIXED, repeats: int = 3,
+                   warmup: int = 1, model: str = "", seed: int = 0,
+                   progress: Progress | None = None) -> Profile:
+    """Median latency of `runner.execute` for every shape that fits the KV cache."""
+    if repeats < 1 or warmup < 0:
+        raise ProfileError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    shapes = ([(b, c, 0) for c in context_lengths for b in batch_sizes]
+              + [(0, 0, n) for n in prefill_tokens] + list(mixed))
+    if any(min(s) < 0 or s[0] + s[2] < 1 for s in shapes):
+        raise ProfileError(f"profile shapes need positive sizes, got {shapes}")
+    rng = np.random.default_rng(seed)
+    plans: list[tuple[tuple[int, int, int], Plan]] = []
+    skipped: list[str] = []
+    for shape in shapes:
+        plan = _plan(runner, *shape, rng, f"p{len(plans)}")
+        if plan is None:
+            skipped.append(_label(*shape))
+        else:
+            plans.append((shape, plan))
+    if not plans:
+        raise ProfileError(f"no profile shape fits this runner's KV cache "
+                           f"({runner.num_kv_blocks} blocks of {runner.block_size})")
+    started = time.perf_counter()
+    runner.execute(plans[0][1])  # the first call pays one-time set-up: never timed
+    samples: list[list[float]] = [[] for _ in plans]
+    total = (warmup + repeats) * len(plans)
+    for rep in range(warmup + repeats):
+        for i, (shape, plan) in enumerate(plans):
+            t0 = time.perf_counter()
+            runner.execute(plan)
+            ms = (time.perf_counter() - t0) * 1000.0
+            if rep >= warmup:
+                samples[i].append(ms)
+            if progress is not None:
+                progress(rep * len(plans) + i + 1, total, _label(*shape))
+    points = tuple(_point(shape, times) for (shape, _), times in zip(plans, samples))
+    facts = runner_facts(runner)
+    return Profile(model=model, device=facts["device"], dtype=facts["dtype"],
+                   num_threads=facts["num_threads"],
+                   kv_capacity_tokens=runner.num_kv_blocks * runner.block_size, points=points,
+                   repeats=repeats, seconds=time.perf_counter() - started,
+                   skipped=tuple(skipped))
+
+
+def warm_up(runner: Runner, *, seed: int = 0) -> None:
+    """A few untimed iterations (prefill, decode, mixed), so that a run's first real one does
+    not pay the one-time set-up of the first calls."""
+    rng = np.random.default_rng(seed)
+    for shape in ((0, 0, 64), (4, 128, 0), (2, 64, 32)):
+        plan = _plan(runner, *shape, rng, "warm-up")
+        if plan is not None:
+            runner.execute(plan)
+
+
+def _point(shape: tuple[int, int, int], times: list[float]) -> ProfilePoint:
+    rows, context, prefill = shape
+    kind = "mixed" if rows and prefill else ("decode" if rows else "prefill")
+    return ProfilePoint(kind, rows, context if rows else 0, prefill,  # type: ignore[arg-type]
+                        statistics.median(times), tuple(times))
+
+
+def _label(rows: int, context: int, prefill: int) -> str:
+    parts = [f"decode {rows} x ctx {context}"] if rows else []
+    return " + ".join(parts + ([f"prefill {prefill}"] if prefill else []))
+
+
+def _plan(runner: Runner, rows: int, context: int, prefill: int, rng: np.random.Generator,
+          prefix: str) -> Plan | None:
+    """A synthetic iteration, or None when it does not fit the runner."""
+    block_size = runner.block_size
+    need = rows * blocks_for_tokens(context + 1, block_size) + blocks_for_tokens(prefill,
+                                                                              block_size)
+    budget = getattr(getattr(runner, "config", None), "max_num_batched_tokens", None)
+    if (need > runner.num_kv_blocks or max(context + 1, prefill) > runner.max_model_len
+            or (budget is not None and rows + prefill > budget)):
+        return None
+    vocab = _vocab_size(runner)
+    next_block = 0
+    chunks = []
+    # (tokens in the sequence, already computed): decode rows, then the prefill chunk.
+    for i, (length, computed) in enumerate([(context + 1, context)] * rows
+                                           + ([(prefill, 0)] if prefill else [])):
+        ids = rng.integers(min(16, vocab - 1), vocab, size=length).tolist()
+        request = Request(f"{prefix}-{i}", 0.0, length, _PROFILE_SAMPLING, _PROFILE_SLO,
+                          prompt_token_ids=ids)
+        num_blocks = blocks_for_tokens(length, block_size)
+        blocks = tuple(range(next_block, next_block + num_blocks))
+        next_block += num_blocks
+        chunks.append(ScheduledChunk(request, length - computed, computed, True, blocks))
+    return Plan(0.0, tuple(chunks))
+
+
+def _vocab_size(runner: Runner) -> int:
+    config = getattr(runner, "model_config", None)
+    return int(getattr(config, "vocab_size", 256))
+
+
+def runner_facts(runner: Runner) -> dict[str, Any]:
+    """Device name, dtype and torch thread count that a runner's timings depend on."""
+    import torch
+
+    config = getattr(runner, "config", None)
+    device = str(getattr(config, "device", None) or getattr(runner, "device", "cpu"))
+    dtype = str(getattr(config, "dtype", None) or getattr(runner, "dtype", "")).split(".")[-1]
+    return {"device": device_name(device), "dtype": dtype,
+            "num_threads": int(torch.get_num_threads())}
+
+
+def device_name(device: str) -> str:
+    """A readable name for a torch device: 'cpu (<CPU model>)', 'cuda:0 (<GPU name>)'."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    if device == "cpu":
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    return f"cpu ({line.split(':', 1)[1].strip()})"
+        except OSError:
+            pass
+    return device
+
+
+# --- the cached profile of a model on a device ---
+
+@dataclass(frozen=True)
+class ProfileKey:
+    """What a profile is valid for. The KV budget is not part of it: it changes capacity,
+    not latency, so a cached model takes the current runner's capacity."""
+
+    model_id: str
+    device: str
+    dtype: str
+    num_threads: int
+
+    def filename(self) -> str:
+        readable = re.sub(r"[^A-Za-z0-9.]+", "-", f"{self.model_id}-{self.dtype}-"
+                                                   f"t{self.num_threads}").strip("-")[:80]
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        return f"{readable}-{digest[:12]}.json"
+
+
+def profile_key(runner: Runner, model_id: str) -> ProfileKey:
+    """The key of `runner`'s profile. A runner that knows its weights folder is keyed by the
+    folder's content id (sliceserve.model.loader.model_id), so every caller finds the same
+    profile whatever name it used for the model; `model_id` keys the others."""
+    folder = getattr(runner, "folder", None)
+    if folder is not None:
+        from sliceserve.model.loader import model_id as folder_model_id
+
+        model_id = folder_model_id(folder)
+    facts = runner_facts(runner)
+    return ProfileKey(model_id, facts["device"], facts["dtype"], facts["num_threads"])
+
+
+def cached_profile_path(key: ProfileKey) -> Path:
+    from sliceserve.model.loader import cache_dir
+
+    return Path(cache_dir()) / "profiles" / key.filename()
+
+
+def load_cached_profile(key: ProfileKey) -> tuple[LatencyModel, Profile] | None:
+    """The stored model and profile for `key`; None when absent, stale or unreadable."""
+    path = cached_profile_path(key)
+    try:
+        data = json.loads(path.read_text())
+        if data.get("schema") != CACHE_SCHEMA or data.get("key") != asdict(key):
+            return None
+        return LatencyModel.from_dict(data["latency_model"]), Profile.from_dict(data["profile"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        log.warning("ignoring the unreadable cached profile %s (%s)", path, e)
+        return None
+
+
+def store_profile(key: ProfileKey, model: LatencyModel, profile: Profile) -> Path:
+    """Write the cached profile atomically (a reader sees the old file or the new one)."""
+    path = cached_profile_path(key)
+    data = {"schema": CACHE_SCHEMA, "key": asdict(key), "latency_model": model.to_dict(),
+            "profile": profile.to_dict()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def model_name(model_id: str, key: ProfileKey) -> str:
+    return f"profile:{model_id}@{key.device.split(' ')[0]}/{key.dtype}/t{key.num_threads}"
+
+
+def latency_model_for(runner: Runner, model_id: str, *, cache: bool = True) -> LatencyModel:
+    """The latency model of `runner`: the cached profile for this model, device, dtype and
+    thread count, or a quick calibration (stored in the cache when `cache`)."""
+    key = profile_key(runner, model_id)
+    capacity = runner.num_kv_blocks * runner.block_size
+    if cache:
+        found = load_cached_profile(key)
+        if found is not None:
+            return replace(found[0], kv_capacity_tokens=capacity)
+    profile = profile_runner(runner, model=model_id, **QUICK)
+    model = fit_latency_model(profile, model_name(model_id, key), key.device, model_id,
+                              notes="quick calibration at start;")
+    if cache:
+        try:
+            store_profile(key, model, profile)
+        except OSError as e:  # a read-only cache only costs the next start a calibration
+            log.warning("could not store the profile in the cache: %s", e)
+    return model

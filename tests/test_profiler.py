@@ -1,0 +1,169 @@
+"""The profiler: the fit recovers a known latency model, a real runner is measured at every
+shape that fits its cache, and the profile of a model on a device is cached."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sliceserve.bench.profile_report import latency_model_json, points_json, points_path
+from sliceserve.latency_model import LatencyModel
+from sliceserve.model.profile_fit import (
+    Profile,
+    ProfileError,
+    ProfilePoint,
+    decode_table,
+    fit_errors,
+    fit_latency_model,
+)
+from sliceserve.model.profiler import (
+    cached_profile_path,
+    latency_model_for,
+    profile_key,
+    profile_runner,
+)
+from sliceserve.model.runner import ModelRunner, RunnerConfig
+from tests.tiny_models import make_tiny_model
+
+BATCHES = (1, 2, 4, 8, 12, 16, 24, 32)
+# Piecewise linear between the measured batch sizes and linear from 16 on, so a table
+# interpolated between them and the least-squares tail slope are exact.
+TRUE_BASE = {1: 20.0, 2: 22.0, 4: 25.0, 8: 32.0, 12: 38.0, 16: 45.0, 24: 60.0, 32: 75.0}
+TRUE_SLOPE = 15.0 / 8
+
+
+def true_model() -> LatencyModel:
+    return LatencyModel(name="true", decode_ms=tuple(decode_table(TRUE_BASE)),
+                        decode_slope_ms=TRUE_SLOPE, prefill_ms_per_token=0.3,
+                        context_ms_per_token=0.002, kv_capacity_tokens=4096)
+
+
+def synthetic_profile(model: LatencyModel) -> Profile:
+    def point(kind: str, b: int, c: int, n: int) -> ProfilePoint:
+        shape = ProfilePoint(kind, b, c, n, 1.0)  # type: ignore[arg-type]
+        return ProfilePoint(kind, b, c, n, shape.predicted_ms(model))  # type: ignore[arg-type]
+
+    points = ([point("decode", b, c, 0) for c in (256, 1024) for b in BATCHES]
+              + [point("prefill", 0, 0, n) for n in (32, 64, 128, 256, 512)]
+              + [point("mixed", 4, 256, 128), point("mixed", 16, 256, 256)])
+    return Profile(model="m", device="cpu", dtype="bfloat16", num_threads=2,
+                   kv_capacity_tokens=4096, points=tuple(points))
+
+
+def test_the_fit_recovers_a_synthetic_latency_model() -> None:
+    truth = true_model()
+    fitted = fit_latency_model(synthetic_profile(truth), "fit", "cpu", "m")
+    assert fitted.decode_ms == pytest.approx(truth.decode_ms)
+    assert fitted.decode_slope_ms == pytest.approx(TRUE_SLOPE)
+    assert fitted.prefill_ms_per_token == pytest.approx(0.3)
+    assert fitted.context_ms_per_token == pytest.approx(0.002)
+    assert fitted.kv_capacity_tokens == 4096
+    assert (fitted.name, fitted.device, fitted.model) == ("fit", "cpu", "m")
+    errors = fit_errors(synthetic_profile(truth), fitted)
+    assert len(errors) == 16 + 5 + 2 and max(abs(e.error) for e in errors) < 1e-9
+    for k in (40, 64):  # beyond the table: the extrapolation of the truth
+        assert fitted.decode_latency_ms(k) == pytest.approx(truth.decode_latency_ms(k))
+
+
+def test_the_fit_error_names_a_point_that_misses() -> None:
+    truth = true_model()
+    profile = synthetic_profile(truth)
+    off = [p if p.prefill_tokens != 512 or p.kind != "prefill"
+           else ProfilePoint("prefill", 0, 0, 512, p.ms * 2) for p in profile.points]
+    fitted = fit_latency_model(Profile(**{**profile.__dict__, "points": tuple(off)}), "fit")
+    worst = max(fit_errors(off, fitted), key=lambda e: abs(e.error))
+    assert worst.point.label() == "prefill 512" and worst.error < -0.2
+    assert "max" in fitted.notes
+
+
+def test_the_decode_table_never_falls_and_needs_batch_1() -> None:
+    assert decode_table({1: 10.0, 2: 9.0, 4: 14.0}) == [10.0, 10.0, 11.5, 14.0]
+    one_context = [ProfilePoint("decode", 2, 64, 0, 5.0)]
+    with pytest.raises(ProfileError, match="batch size 1"):
+        fit_latency_model(Profile("m", "cpu", "float32", 1, 100, tuple(one_context)), "x")
+    with pytest.raises(ProfileError, match="kind"):
+        ProfilePoint("decoding", 1, 0, 0, 1.0)  # type: ignore[arg-type]
+    with pytest.raises(ProfileError, match="positive"):
+        ProfilePoint("decode", 1, 0, 0, 0.0)
+
+
+def test_a_profile_round_trips_through_json() -> None:
+    profile = synthetic_profile(true_model())
+    again = Profile.from_dict(json.loads(json.dumps(profile.to_dict())))
+    assert again == profile
+    with pytest.raises(ProfileError, match="schema"):
+        Profile.from_dict({"points": []})
+
+
+# --- a real runner ---
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "llama", "llama")
+
+
+def tiny_runner(folder: Path, num_kv_blocks: int = 64) -> ModelRunner:
+    return ModelRunner(folder, RunnerConfig(dtype="float32", num_kv_blocks=num_kv_blocks,
+                                            num_threads=1))
+
+
+def test_profile_runner_times_every_shape_that_fits(tiny_folder: Path, tmp_path: Path) -> None:
+    runner = tiny_runner(tiny_folder)  # 64 blocks of 16 tokens
+    profile = profile_runner(runner, batch_sizes=(1, 2, 4), context_lengths=(16, 200),
+                             prefill_tokens=(8, 40), mixed=((2, 16, 8),), repeats=2,
+                             model="tiny")
+    shapes = {(p.kind, p.batch_size, p.context_tokens, p.prefill_tokens) for p in profile.points}
+    # The largest, 4 rows x 201 tokens, needs 4 x 13 of the 64 blocks: everything fits.
+    assert len(shapes) == 3 * 2 + 2 + 1 and profile.skipped == ()
+    assert all(p.ms > 0 and len(p.samples_ms) == 2 and min(p.samples_ms) > 0
+               for p in profile.points)
+    assert profile.kv_capacity_tokens == 64 * 16 and profile.num_threads == 1
+    model = fit_latency_model(profile, "tiny@cpu", "cpu", "tiny")
+    path = tmp_path / "tiny.json"
+    path.write_text(latency_model_json(model))
+    points_path(path).write_text(points_json(profile, model))
+    assert LatencyModel.load(str(path)) == model
+    saved = json.loads(points_path(path).read_text())
+    assert Profile.from_dict(saved["profile"]) == profile and len(saved["fit"]) == 9
+
+
+def test_shapes_beyond_the_kv_cache_are_skipped(tiny_folder: Path) -> None:
+    runner = tiny_runner(tiny_folder, num_kv_blocks=16)  # 256 tokens
+    profile = profile_runner(runner, batch_sizes=(1, 8), context_lengths=(32, 300),
+                             prefill_tokens=(8,), mixed=(), repeats=1, warmup=0)
+    assert profile.skipped == ("decode 8 x ctx 32", "decode 1 x ctx 300", "decode 8 x ctx 300")
+    assert [p.label() for p in profile.points] == ["decode 1 x ctx 32", "prefill 8"]
+    with pytest.raises(ProfileError, match="fits"):
+        profile_runner(runner, batch_sizes=(64,), context_lengths=(300,), prefill_tokens=(),
+                       mixed=())
+
+
+def test_latency_model_for_calibrates_once_then_reads_the_cache(
+        tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLICESERVE_CACHE_DIR", str(tmp_path))
+    runner = tiny_runner(tiny_folder, num_kv_blocks=2200)
+    key = profile_key(runner, "tiny")
+    assert key == profile_key(runner, "another name for the same folder")
+    path = cached_profile_path(key)
+    assert path.parent == tmp_path / "profiles" and not path.exists()
+
+    first = latency_model_for(runner, "tiny", cache=False)
+    assert not path.exists() and first.kv_capacity_tokens == 2200 * 16
+    calibrated = latency_model_for(runner, "tiny")
+    assert path.exists() and calibrated.decode_ms[0] > 0
+
+    # The second call must come from the file: mark it and look for the mark.
+    data = json.loads(path.read_text())
+    data["latency_model"]["decode_slope_ms"] = 123.25
+    path.write_text(json.dumps(data))
+    smaller = tiny_runner(tiny_folder, num_kv_blocks=100)  # capacity is the runner's own
+    cached = latency_model_for(smaller, "tiny")
+    assert cached.decode_slope_ms == 123.25 and cached.kv_capacity_tokens == 100 * 16
+    assert cached.decode_ms == calibrated.decode_ms
+
+    path.write_text("{ not json")  # a corrupt cache costs a calibration, not an error
+    again = latency_model_for(smaller, "tiny")
+    assert again.decode_slope_ms != 123.25 and json.loads(path.read_text())["key"]["dtype"] \
+        == "float32"
