@@ -1,0 +1,142 @@
+"""Build a live engine: a real model, its tokenizer, the scheduler and a policy, on a wall clock.
+
+    live = build_engine("smollm2-135m", policy="slice")
+    live.engine.step()  # the same Engine the simulator runs, with a ModelRunner as executor
+
+`LLM` (offline) and `AsyncEngine` (streams, for the server) are both built on this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sliceserve.clock import Clock, WallClock
+from sliceserve.config import SchedulerConfig
+from sliceserve.core.scheduler import Scheduler
+from sliceserve.engine.engine import Engine
+from sliceserve.latency_model import LatencyModel
+from sliceserve.policies.registry import make_policy
+from sliceserve.request import SLO
+
+# The SLO of a request that comes without one: best effort. Lenient enough that a request an
+# idle CPU serves is "met" (first token within a minute, a token a second after that), so the
+# metrics stay meaningful without asking every offline user for objectives.
+DEFAULT_SLO = SLO(ttft_ms=60_000.0, tpot_ms=1_000.0, utility=1.0, slo_class="best-effort")
+
+# The latency model a policy uses when none is given and the profiler cannot provide one.
+FALLBACK_LATENCY_MODEL = "paper"
+
+
+class PromptError(ValueError):
+    """A prompt the engine cannot take (empty, ids outside the vocabulary, too long)."""
+
+
+@dataclass
+class LiveEngine:
+    """Everything a front end needs around the core engine."""
+
+    engine: Engine  # scheduler + policy + model runner, on a wall clock
+    runner: Any  # sliceserve.model.runner.ModelRunner
+    tokenizer: Any  # a transformers tokenizer
+    latency_model: LatencyModel
+    model_name: str
+    model_folder: Path
+
+    @property
+    def config(self) -> SchedulerConfig:
+        return self.engine.scheduler.config
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.runner.model_config.vocab_size)
+
+    def encode(self, prompt: str) -> list[int]:
+        from sliceserve.model.tokenizer import encode_prompt
+
+        return list(encode_prompt(self.tokenizer, prompt))
+
+    def encode_chat(self, messages: Sequence[dict[str, Any]]) -> list[int]:
+        from sliceserve.model.tokenizer import encode_chat
+
+        return list(encode_chat(self.tokenizer, messages))
+
+    def check_token_ids(self, token_ids: Sequence[int], where: str) -> None:
+        """Raise PromptError unless `token_ids` is a non-empty list of ids of this model."""
+        if len(token_ids) == 0:
+            raise PromptError(f"{where} is empty: a prompt needs at least one token")
+        vocab = self.vocab_size
+        bad = [t for t in token_ids if not isinstance(t, int) or isinstance(t, bool)
+               or not 0 <= t < vocab]
+        if bad:
+            raise PromptError(f"{where} has token ids outside the vocabulary [0, {vocab}): "
+                              f"{bad[:5]}")
+
+    def check_fits(self, num_prompt_tokens: int, max_tokens: int, where: str) -> None:
+        """Raise PromptError when prompt + max_tokens can never run (the scheduler would
+        reject it): past the context length or the whole KV cache."""
+        total = num_prompt_tokens + max_tokens
+        cfg = self.config
+        if total > cfg.max_model_len:
+            raise PromptError(f"{where}: {num_prompt_tokens} prompt tokens + max_tokens "
+                              f"{max_tokens} = {total} exceeds max_model_len {cfg.max_model_len}")
+        if total > cfg.kv_capacity_tokens:
+            raise PromptError(f"{where}: {num_prompt_tokens} prompt tokens + max_tokens "
+                              f"{max_tokens} = {total} exceeds the KV cache "
+                              f"({cfg.kv_capacity_tokens} tokens)")
+
+
+def build_engine(
+    model: str | Path | None = None,
+    policy: str = "slice",
+    policy_options: dict[str, Any] | None = None,
+    *,
+    dtype: str = "bfloat16",
+    device: str = "cpu",
+    kv_cache_memory_gb: float | None = None,
+    max_model_len: int | None = None,
+    max_num_batched_tokens: int = 2048,
+    max_num_seqs: int = 256,
+    latency_model: LatencyModel | str | Path | None = None,
+    num_threads: int | None = None,
+    clock: Clock | None = None,
+) -> LiveEngine:
+    """Load `model` (a name such as "smollm2-135m", a Hugging Face folder or a GGUF file; None:
+    the embedded default) and put it under `policy`. Bad policy names or options raise
+    ValueError (listing the valid ones) before the model is loaded."""
+    # Checked first, with a stand-in config: a typo should not cost a model load.
+    make_policy(policy, LatencyModel.load(FALLBACK_LATENCY_MODEL), SchedulerConfig(),
+                policy_options)
+    if isinstance(latency_model, (str, Path)):
+        latency_model = LatencyModel.load(str(latency_model))
+
+    from sliceserve.model.loader import DEFAULT_MODEL, resolve_model
+    from sliceserve.model.runner import ModelRunner, RunnerConfig
+    from sliceserve.model.tokenizer import eos_token_ids, load_tokenizer
+
+    model_name = DEFAULT_MODEL if model is None else str(model)
+    folder = Path(resolve_model(model))
+    runner = ModelRunner(folder, RunnerConfig(
+        dtype=dtype, device=device, kv_cache_memory_gb=kv_cache_memory_gb,
+        max_model_len=max_model_len, max_num_batched_tokens=max_num_batched_tokens,
+        num_threads=num_threads))
+    tokenizer = load_tokenizer(folder)
+    config = runner.scheduler_config(
+        max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
+        eos_token_ids=tuple(eos_token_ids(tokenizer, runner.model_config)))
+    if latency_model is None:
+        latency_model = _latency_model_for(runner, model_name)
+    scheduler = Scheduler(config, make_policy(policy, latency_model, config, policy_options))
+    engine = Engine(scheduler, runner, clock if clock is not None else WallClock())
+    return LiveEngine(engine, runner, tokenizer, latency_model, model_name, folder)
+
+
+def _latency_model_for(runner: Any, model_name: str) -> LatencyModel:
+    # FALLBACK until sliceserve/model/profiler.py lands: the paper's preset, not this device's.
+    try:
+        from sliceserve.model.profiler import latency_model_for
+    except ImportError:
+        return LatencyModel.load(FALLBACK_LATENCY_MODEL)
+    return latency_model_for(runner, model_name)
