@@ -1,0 +1,246 @@
+"""Per-request output streams over the live engine, for the OpenAI server.
+
+One background thread owns the engine: it runs `engine.step()` while there is work (a model
+forward blocks, so it cannot run on the event loop) and sleeps on an event when there is none.
+Callers on the event loop never touch the engine: `generate` and `abort` queue commands that
+the thread applies between steps, under a lock; outputs travel back through one asyncio queue
+per request (`loop.call_soon_threadsafe`).
+
+    engine = AsyncEngine(build_engine(policy="slice"))
+    await engine.start()
+    async for out in engine.generate("Hello", SamplingParams(max_tokens=16)):
+        print(out.delta_text, end="")
+    await engine.shutdown()
+
+Every request ends exactly once, with a final output (`finished=True`): completed ("stop" /
+"length"), rejected (finish_reason = the reason) or aborted ("abort"). A consumer that stops
+iterating (closes the generator, or its task is cancelled) aborts its request, which frees its
+KV blocks. An error inside a step ends every open stream with `EngineStepError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from sliceserve.engine.build import DEFAULT_SLO, LiveEngine
+from sliceserve.engine.outputs import ABORT_REASON, OutputProcessor, RequestOutput
+from sliceserve.request import SLO, Request, SamplingParams
+
+# How long to wait before asking the policy again when it scheduled nothing (waiting on time).
+IDLE_RETRY_S = 0.001
+
+
+class EngineStepError(RuntimeError):
+    """The engine failed while serving this request (the cause is chained)."""
+
+
+class EngineNotRunning(RuntimeError):
+    """`generate` was called before `start()` or after `shutdown()`."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Add:
+    request: Request
+    prompt: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Abort:
+    request_id: str
+
+
+class AsyncEngine:
+    def __init__(self, live: LiveEngine) -> None:
+        self.live = live
+        self.engine = live.engine
+        self._lock = threading.Lock()  # guards _commands, _streams, _stopping
+        self._commands: list[_Add | _Abort] = []
+        self._streams: dict[str, asyncio.Queue[RequestOutput | BaseException]] = {}
+        self._stopping = False
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ids = itertools.count()
+        # Touched by the engine thread only.
+        self._processor = OutputProcessor(live.tokenizer, self.engine.scheduler.finish_request)
+        self._ended: list[Request] = []  # filled by the scheduler while the thread runs
+
+    # --- life cycle ---
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    async def start(self) -> None:
+        if self.is_running:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._stopping = False
+        self.engine.scheduler.finished_listeners.append(self._ended.append)
+        self._thread = threading.Thread(target=self._run, name="sliceserve-engine",
+                                        daemon=True)
+        self._thread.start()
+
+    async def shutdown(self) -> None:
+        """Abort what is still running (each stream gets its final output) and stop."""
+        thread = self._thread
+        if thread is None:
+            return
+        with self._lock:
+            self._stopping = True
+        self._wake.set()
+        await asyncio.to_thread(thread.join)
+        self._thread = None
+        self.engine.scheduler.finished_listeners.remove(self._ended.append)
+
+    async def __aenter__(self) -> AsyncEngine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    # --- requests ---
+    async def generate(
+        self,
+        prompt: str | Sequence[int],
+        sampling: SamplingParams | None = None,
+        slo: SLO | None = None,
+        request_id: str | None = None,
+        priority: int = 0,
+    ) -> AsyncIterator[RequestOutput]:
+        """Stream one request's outputs: one per new token (`delta_text` / `delta_token_ids`
+        new, `text` / `token_ids` cumulative), the last with `finished=True`.
+
+        Raises ValueError for a prompt the model cannot take (empty, unknown token ids); a
+        prompt too long for the context is rejected by the scheduler and streams one finished
+        output whose finish_reason says why."""
+        if not self.is_running:
+            raise EngineNotRunning("the engine is not running: await start() first")
+        sampling = sampling if sampling is not None else SamplingParams()
+        if isinstance(prompt, str):
+            text: str | None = prompt
+            token_ids = self.live.encode(prompt)
+        else:
+            text, token_ids = None, list(prompt)
+        self.live.check_token_ids(token_ids, "prompt")
+        if request_id is None:
+            request_id = f"req-{next(self._ids)}"
+        request = Request(request_id, self.engine.clock.now(), len(token_ids), sampling,
+                          slo if slo is not None else DEFAULT_SLO,
+                          prompt_token_ids=token_ids, priority=priority)
+        queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        with self._lock:
+            if self._stopping:
+                raise EngineNotRunning("the engine is shutting down")
+            if request_id in self._streams:
+                raise ValueError(f"request id {request_id!r} is already in use")
+            self._streams[request_id] = queue
+            self._commands.append(_Add(request, text))
+        self._wake.set()
+
+        finished = False
+        try:
+            while not finished:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    finished = True  # the engine already dropped this request
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            if not finished:  # the consumer went away: free the request's resources
+                self.abort(request_id)
+
+    def abort(self, request_id: str) -> None:
+        """End a request early; its stream gets a final output with finish_reason "abort".
+        Unknown or finished ids are ignored. Safe to call from any thread."""
+        with self._lock:
+            self._commands.append(_Abort(request_id))
+        self._wake.set()
+
+    # --- the engine thread ---
+    def _run(self) -> None:
+        timeout: float | None = None
+        while True:
+            self._wake.wait(timeout)
+            with self._lock:
+                self._wake.clear()
+                commands, self._commands = self._commands, []
+                stopping = self._stopping
+            try:
+                for command in commands:
+                    self._apply(command)
+                if stopping:
+                    for request in list(self.engine.scheduler.running) + list(
+                            self.engine.scheduler.waiting):
+                        self.engine.abort(request.request_id, ABORT_REASON)
+                self._deliver([])
+                if stopping:
+                    return
+                if not self.engine.has_unfinished():
+                    timeout = None  # sleep until a command comes
+                    continue
+                step = self.engine.step()
+                self._deliver([request for request, _ in step.new_tokens])
+                timeout = IDLE_RETRY_S if step.idle else 0.0
+            except Exception as error:  # noqa: BLE001 - every stream must hear of it
+                self._fail_all(error)
+                timeout = None
+                if stopping:
+                    return
+
+    def _apply(self, command: _Add | _Abort) -> None:
+        if isinstance(command, _Abort):
+            self.engine.abort(command.request_id, ABORT_REASON)
+            return
+        request = command.request
+        try:
+            self._processor.add(request, command.prompt)
+            self.engine.add_request(request)  # may reject at once: _ended gets it
+        except ValueError as error:
+            self._processor.discard(request.request_id)
+            self._push(request.request_id, error, final=True)
+
+    def _deliver(self, touched: list[Request]) -> None:
+        """Outputs for requests with new tokens and for every request that ended."""
+        now_s = self.engine.clock.now()
+        while touched or self._ended:
+            batch = touched + self._ended
+            touched = []
+            self._ended.clear()  # a stop string may end a request below: it comes back here
+            for request in batch:
+                output = self._processor.process(request, now_s)
+                if output is not None:
+                    self._push(request.request_id, output, final=output.finished)
+
+    def _push(self, request_id: str, item: RequestOutput | BaseException, final: bool) -> None:
+        with self._lock:
+            queue = (self._streams.pop(request_id, None) if final
+                     else self._streams.get(request_id))
+        if queue is None or self._loop is None:
+            return
+        try:
+            self._loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            pass
+
+    def _fail_all(self, error: Exception) -> None:
+        """A step failed: end every open stream with the error, drop its request."""
+        with self._lock:
+            request_ids = list(self._streams)
+        for request_id in request_ids:
+            self._processor.discard(request_id)
+            wrapped = EngineStepError(f"the engine failed while serving {request_id}: {error!r}")
+            wrapped.__cause__ = error
+            self._push(request_id, wrapped, final=True)
+        scheduler = self.engine.scheduler
+        for request in list(scheduler.running) + list(scheduler.waiting):
+            try:
+                self.engine.abort(request.request_id, ABORT_REASON)
+            except Exception:  # noqa: BLE001 - best effort: the state may be inconsistent
+                pass
+        self._ended.clear()
