@@ -26,8 +26,8 @@ from sliceserve.request import SLO
 # metrics stay meaningful without asking every offline user for objectives.
 DEFAULT_SLO = SLO(ttft_ms=60_000.0, tpot_ms=1_000.0, utility=1.0, slo_class="best-effort")
 
-# The latency model a policy uses when none is given and the profiler cannot provide one.
-FALLBACK_LATENCY_MODEL = "paper"
+# Only stands in while the policy name and options are checked, before the model loads.
+STAND_IN_LATENCY_MODEL = "paper"
 
 
 class PromptError(ValueError):
@@ -107,7 +107,7 @@ def build_engine(
     the embedded default) and put it under `policy`. Bad policy names or options raise
     ValueError (listing the valid ones) before the model is loaded."""
     # Checked first, with a stand-in config: a typo should not cost a model load.
-    make_policy(policy, LatencyModel.load(FALLBACK_LATENCY_MODEL), SchedulerConfig(),
+    make_policy(policy, LatencyModel.load(STAND_IN_LATENCY_MODEL), SchedulerConfig(),
                 policy_options)
     if isinstance(latency_model, (str, Path)):
         latency_model = LatencyModel.load(str(latency_model))
@@ -127,16 +127,16 @@ def build_engine(
         max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
         eos_token_ids=tuple(eos_token_ids(tokenizer, runner.model_config)))
     if latency_model is None:
-        latency_model = _latency_model_for(runner, model_name)
+        latency_model = _latency_model_for(runner, folder)
     scheduler = Scheduler(config, make_policy(policy, latency_model, config, policy_options))
     engine = Engine(scheduler, runner, clock if clock is not None else WallClock())
     return LiveEngine(engine, runner, tokenizer, latency_model, model_name, folder)
 
 
-def _latency_model_for(runner: Any, model_name: str) -> LatencyModel:
-    # FALLBACK until sliceserve/model/profiler.py lands: the paper's preset, not this device's.
-    try:
-        from sliceserve.model.profiler import latency_model_for
-    except ImportError:
-        return LatencyModel.load(FALLBACK_LATENCY_MODEL)
-    return latency_model_for(runner, model_name)
+def _latency_model_for(runner: Any, folder: Path) -> LatencyModel:
+    """This device's latency model for the model: the cached profile, or a quick calibration
+    at start (stored for the next one)."""
+    from sliceserve.model.loader import model_id
+    from sliceserve.model.profiler import latency_model_for
+
+    return latency_model_for(runner, model_id(folder))
