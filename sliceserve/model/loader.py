@@ -77,7 +77,14 @@ def validate_folder(folder: str | Path) -> Path:
     """Check that `folder` holds a supported config.json and safetensors weights; return it."""
     folder = Path(folder)
     ModelConfig.from_folder(folder)  # raises for a missing/invalid config or an unsupported arch
-    weight_files(folder)
+    from safetensors import SafetensorError, safe_open
+
+    for file in weight_files(folder):
+        try:  # reads and checks only the header (a truncated file fails here), in microseconds
+            with safe_open(str(file), framework="numpy"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise ModelLoadError(f"corrupt or unreadable weights file {file}: {e}") from None
     return folder
 
 
@@ -137,16 +144,21 @@ def model_id(folder: str | Path) -> str:
 
 def gguf_architecture(path: str | Path) -> str:
     """`general.architecture` of a GGUF file, read from its header (cheap; no tensors parsed)."""
+    return _gguf_header(path)[0]
+
+
+def _gguf_header(path: str | Path) -> tuple[str, int]:
+    """(architecture, number of tensors) from a GGUF header; ModelLoadError if it is not one."""
     with open(path, "rb") as f:
         if f.read(4) != b"GGUF":
             raise ModelLoadError(f"{path} is not a GGUF file (bad magic bytes)")
         try:
-            _version, _num_tensors, num_kv = struct.unpack("<IQQ", _read(f, 20))
+            _version, num_tensors, num_kv = struct.unpack("<IQQ", _read(f, 20))
             for _ in range(num_kv):
                 key = _read_string(f)
                 (value_type,) = struct.unpack("<I", _read(f, 4))
                 if key == "general.architecture" and value_type == _GGUF_STRING:
-                    return _read_string(f)
+                    return _read_string(f), num_tensors
                 _skip_value(f, value_type)
         except (struct.error, UnicodeDecodeError, ValueError) as e:
             raise ModelLoadError(f"{path} has a corrupt GGUF header: {e}") from None
@@ -204,25 +216,36 @@ def convert_gguf(gguf_path: str | Path) -> Path:
     target = converted_folder(gguf_path)
     if (target / COMPLETE_MARKER).is_file():
         return target
-    arch = gguf_architecture(gguf_path)
+    arch, num_tensors = _gguf_header(gguf_path)
     if arch not in GGUF_ARCHITECTURES:
         raise ModelLoadError(f"unsupported GGUF architecture {arch!r} in {gguf_path}; "
                              f"supported: {', '.join(GGUF_ARCHITECTURES)}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(target.parent / f".{target.name}.lock"):
-        if (target / COMPLETE_MARKER).is_file():  # another process finished while we waited
-            return target
-        for stale in [target, *target.parent.glob(f".{target.name}.tmp-*")]:
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
-            _convert_into(gguf_path, tmp)
-            validate_folder(tmp)
-            (tmp / COMPLETE_MARKER).write_text(f"converted from {gguf_path.resolve()}\n")
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    if num_tensors == 0:
+        raise ModelLoadError(f"{gguf_path} holds no tensors (a GGUF with metadata only)")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _exclusive_lock(target.parent / f".{target.name}.lock"):
+            return _convert_locked(gguf_path, target)
+    except OSError as e:
+        raise ModelLoadError(f"cannot write the model cache {target.parent} ({e}); "
+                             f"point SLICESERVE_CACHE_DIR at a writable folder") from None
+
+
+def _convert_locked(gguf_path: Path, target: Path) -> Path:
+    if (target / COMPLETE_MARKER).is_file():  # another process finished while we waited
+        return target
+    # Only the lock holder writes here, so whatever exists unmarked is left from a crash.
+    for stale in [target, *target.parent.glob(f".{target.name}.tmp-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        _convert_into(gguf_path, tmp)
+        validate_folder(tmp)
+        (tmp / COMPLETE_MARKER).write_text(f"converted from {gguf_path.resolve()}\n")
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return target
 
 
@@ -252,10 +275,17 @@ def _convert_into(gguf_path: Path, out: Path) -> None:
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.bfloat16,
-            **_dequantize_option())
+        # The tokenizer first: it fails fast on an incomplete file, the model takes seconds.
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.bfloat16,
+            output_loading_info=True, **_dequantize_option())
+        # transformers fills weights it did not find with random values: refuse such a model.
+        tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+        missing = set(info.get("missing_keys", ())) - tied
+        if missing:
+            raise ModelLoadError(f"{gguf_path} lacks weights: {', '.join(sorted(missing)[:5])}"
+                                 f"{' ...' if len(missing) > 5 else ''}")
         # transformers dequantizes GGUF on load but still marks the model as quantized, which
         # blocks saving and would make the saved config ask for GGUF again: drop both marks.
         model.hf_quantizer = None
@@ -263,8 +293,10 @@ def _convert_into(gguf_path: Path, out: Path) -> None:
             del model.config.quantization_config
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
-        raise ModelLoadError(f"cannot convert {gguf_path}: {e}") from e
+    except ModelLoadError:
+        raise
+    except Exception as e:  # transformers raises many types for a bad file; name the file
+        raise ModelLoadError(f"cannot convert {gguf_path}: {type(e).__name__}: {e}") from e
     finally:
         if bars:
             hf_logging.enable_progress_bar()
