@@ -3,6 +3,9 @@ chat, and clear errors before anything runs."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -191,3 +194,30 @@ def test_bad_policy_or_options_fail_before_the_model_loads(tmp_path: Path) -> No
 
 def test_empty_prompt_list_returns_nothing(llm: LLM) -> None:
     assert llm.generate([]) == []
+
+
+def test_the_public_names_import_without_torch() -> None:
+    """`import sliceserve` stays light: the API's names resolve with torch unavailable; only
+    building an engine needs it."""
+    script = textwrap.dedent("""
+        import importlib.abc, sys
+
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "torch":
+                    raise ImportError("torch is blocked")
+
+        sys.meta_path.insert(0, Block())
+        import sliceserve
+        from sliceserve import LLM, SLO, AsyncEngine, RequestOutput, SamplingParams, build_engine
+        assert "torch" not in sys.modules
+        assert {"LLM", "SLO", "SamplingParams", "RequestOutput"} <= set(dir(sliceserve))
+        try:
+            sliceserve.nothing_here
+        except AttributeError as e:
+            assert "nothing_here" in str(e)
+        print("OK")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0 and proc.stdout.strip() == "OK", proc.stderr
