@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,11 @@ def model_table(model: LatencyModel, profile: Profile) -> Table:
     table.add_row("|fit error| median / max",
                   f"{100 * errors[len(errors) // 2]:.1f}% / {100 * errors[-1]:.1f}%")
     table.add_row("measured in", f"{profile.seconds:.1f} s")
+    if profile.load_average is not None:
+        cores = os.cpu_count() or 1
+        busy = " (busy machine: figures inflated)" if profile.load_average > cores else ""
+        table.add_row("load average after measuring", f"{profile.load_average:.2f} on "
+                      f"{cores} cores{busy}")
     if profile.skipped:
         table.add_row("skipped (do not fit the KV cache)", "; ".join(profile.skipped))
     return table

@@ -95,6 +95,9 @@ class Profile:
     repeats: int = 1
     seconds: float = 0.0  # how long measuring took
     skipped: tuple[str, ...] = ()  # shapes left out (they do not fit the KV cache)
+    # 1-minute load average of the machine after measuring (None: unknown). Above the number
+    # of cores, other processes competed for the CPU and the figures are inflated.
+    load_average: float | None = None
 
     def of_kind(self, kind: PointKind) -> list[ProfilePoint]:
         return [p for p in self.points if p.kind == kind]

@@ -51,12 +51,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 12, 16, 24, 32)
 DEFAULT_CONTEXT_LENGTHS = (256, 1024)
-DEFAULT_PREFILL_TOKENS = (32, 64, 128, 256, 512)
+# Up to 1024: the longest prompts of the `edge` workload.
+DEFAULT_PREFILL_TOKENS = (32, 64, 128, 256, 512, 1024)
 # (decode rows, their context, prefill tokens): iterations that mix both, fit-checked only.
 DEFAULT_MIXED: tuple[tuple[int, int, int], ...] = ((4, 256, 128), (16, 256, 256))
 # The start-up calibration: every term measured once, well under 20 s for SmolLM2 on 2 cores.
 QUICK: dict[str, Any] = {"batch_sizes": (1, 2, 4, 8, 16, 32), "context_lengths": (256, 1024),
-                         "prefill_tokens": (32, 128, 512), "mixed": (), "repeats": 1,
+                         "prefill_tokens": (32, 256, 1024), "mixed": (), "repeats": 1,
                          "warmup": 0}
 CACHE_SCHEMA = "sliceserve.profile-cache/v1"
 _PROFILE_SLO = SLO(ttft_ms=1e6, tpot_ms=1e6)
@@ -123,7 +124,14 @@ def profile_runner(runner: Runner, *, batch_sizes: Sequence[int] = DEFAULT_BATCH
                    num_threads=facts["num_threads"],
                    kv_capacity_tokens=runner.num_kv_blocks * runner.block_size, points=points,
                    repeats=repeats, seconds=time.perf_counter() - started,
-                   skipped=tuple(skipped))
+                   skipped=tuple(skipped), load_average=_load_average())
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):  # not on every platform
+        return None
 
 
 def warm_up(runner: Runner, *, seed: int = 0) -> None:

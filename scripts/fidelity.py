@@ -1,0 +1,130 @@
+"""Simulator fidelity: one `edge` trace served live and simulated with the profiled model.
+
+    .venv/bin/python scripts/fidelity.py                      # profile, run live, simulate
+    .venv/bin/python scripts/fidelity.py --profile docs/bench/profile_smollm2.json
+
+Steps, each through the `sliceserve` command line a user would run:
+ 1. `sliceserve profile` (unless --profile names an existing file): the latency model of
+    this device, its points and plot (docs/bench/profile_*.json|png);
+ 2. `sliceserve run --trace-out`: the workload on the real engine, arrivals in wall time;
+ 3. `sliceserve simulate --workload TRACE`: the same requests in the simulator;
+ 4. p50 / p90 of TTFT, TPOT and E2E, live vs simulated, overall and per class: written to
+    docs/bench/fidelity_<name>.json and .md. Target: p50 and p90 of TTFT and TPOT within 10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET = 0.10
+COMPARED = (("ttft_ms", "p50"), ("ttft_ms", "p90"), ("tpot_ms", "p50"), ("tpot_ms", "p90"))
+SHOWN = (*COMPARED, ("e2e_ms", "p50"), ("e2e_ms", "p90"))
+
+
+def sliceserve(*args: object) -> None:
+    command = [str(Path(sys.executable).with_name("sliceserve")), *map(str, args)]
+    print("$ sliceserve " + " ".join(command[1:]), file=sys.stderr, flush=True)
+    subprocess.run(command, check=True, cwd=REPO)
+
+
+def compare(live: dict[str, Any], sim: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of (scope, metric, stat, live, sim, sim/live) for overall and every class."""
+    rows = []
+    scopes = [("overall", live["summary"], sim["summary"])] + [
+        (name, stats, sim["classes"].get(name)) for name, stats in live["classes"].items()]
+    for scope, a, b in scopes:
+        if b is None:
+            continue
+        for metric, stat in SHOWN:
+            x, y = a[metric][stat], b[metric][stat]
+            ratio = y / x if x and y is not None else None
+            rows.append({"scope": scope, "metric": metric, "stat": stat, "live": x, "sim": y,
+                         "sim_over_live": ratio,
+                         "compared": scope == "overall" and (metric, stat) in COMPARED})
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], live: dict[str, Any], sim: dict[str, Any],
+             settings: dict[str, Any]) -> str:
+    def num(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    lines = [f"# Simulator fidelity: {settings['workload']} under {settings['policy']}, "
+             f"{settings['num_requests']} requests at {settings['rate']} rps", "",
+             f"Model {live['model']} on {live['device']}; latency model "
+             f"`{settings['profile']}` ({live['latency_model']}).", "",
+             "| scope | metric | live | simulated | sim / live |",
+             "|---|---|---:|---:|---:|"]
+    for r in rows:
+        ratio = "-" if r["sim_over_live"] is None else f"{r['sim_over_live']:.3f}"
+        mark = " **" if r["compared"] else ""
+        lines.append(f"| {r['scope']} | {r['metric'][:-3].upper()} {r['stat']} (ms){mark} | "
+                     f"{num(r['live'])} | {num(r['sim'])} | {ratio} |")
+    worst = max(abs(r["sim_over_live"] - 1) for r in rows
+                if r["compared"] and r["sim_over_live"] is not None)
+    lines += ["", f"** compared against the target: worst |sim/live - 1| = "
+              f"{100 * worst:.1f}% (target {100 * TARGET:.0f}%).", "",
+              f"Live: {live['duration_s']:.1f} s, {live['summary']['completed']} of "
+              f"{live['summary']['n']} completed, SLO attainment "
+              f"{100 * live['summary']['slo_attainment']:.1f}%; simulated: "
+              f"{sim['duration_s']:.1f} s, {100 * sim['summary']['slo_attainment']:.1f}%."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--workload", default="edge")
+    parser.add_argument("--policy", default="slice")
+    parser.add_argument("--rate", type=float, default=0.3)
+    parser.add_argument("--num-requests", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--profile", type=Path, default=REPO / "docs/bench/profile_smollm2.json",
+                        help="latency model file: reused when it exists, else profiled here")
+    parser.add_argument("--reprofile", action="store_true", help="profile even if it exists")
+    parser.add_argument("--out-dir", type=Path, default=REPO / "docs/bench")
+    parser.add_argument("--name", default=None, help="default: <workload>_<policy>")
+    args = parser.parse_args()
+    name = args.name or f"{args.workload}_{args.policy}"
+    out = args.out_dir
+    model_args = ["--model", args.model, "--dtype", args.dtype, "--threads", args.threads]
+    if args.reprofile or not args.profile.exists():
+        sliceserve("profile", *model_args, "--out", args.profile,
+                   "--plot", args.profile.with_suffix(".png"))
+    trace, live_path = out / f"fidelity_{name}.trace.jsonl", out / f"fidelity_{name}.live.json"
+    sim_path = out / f"fidelity_{name}.sim.json"
+    started = time.perf_counter()
+    sliceserve("run", "-w", args.workload, "-p", args.policy, "--rate", args.rate,
+               "-n", args.num_requests, "--seed", args.seed, *model_args,
+               "--latency-model", args.profile, "--trace-out", trace, "--out", live_path)
+    live_wall_s = time.perf_counter() - started
+    sliceserve("simulate", "-w", trace, "-p", args.policy, "--latency-model", args.profile,
+               "--out", sim_path)
+    live, sim = (json.loads(p.read_text()) for p in (live_path, sim_path))
+    rows = compare(live, sim)
+    settings = {"workload": args.workload, "policy": args.policy, "rate": args.rate,
+                "num_requests": args.num_requests, "seed": args.seed, "model": args.model,
+                "dtype": args.dtype, "threads": args.threads,
+                "profile": str(args.profile.relative_to(REPO)) if args.profile.is_relative_to(
+                    REPO) else str(args.profile), "live_wall_s": round(live_wall_s, 1)}
+    worst = max(abs(r["sim_over_live"] - 1) for r in rows
+                if r["compared"] and r["sim_over_live"] is not None)
+    result = {"settings": settings, "worst_relative_difference": worst,
+              "within_target": worst <= TARGET, "comparison": rows}
+    (out / f"fidelity_{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    text = markdown(rows, live, sim, settings)
+    (out / f"fidelity_{name}.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
