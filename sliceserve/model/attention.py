@@ -37,7 +37,7 @@ class BatchLayout:
     slots: torch.Tensor  # [T] KV slot of each token
     num_rows: int  # single-token rows, first in the stream
     row_tables: torch.Tensor | None  # [rows, max_blocks]
-    row_mask: torch.Tensor | None  # [rows, 1, 1, max_blocks * block_size] additive
+    row_mask: torch.Tensor | None  # [1, rows, 1, max_blocks * block_size] float32 additive
     prefills: tuple[PrefillSegment, ...]
     sample_index: torch.Tensor  # [S] token index whose hidden state samples, per sampling chunk
     sample_chunks: tuple[int, ...]  # plan chunk index of each sampling row
@@ -113,9 +113,9 @@ def _row_tables(chunks: Sequence[ScheduledChunk], rows: list[int], block_size: i
     table_tensor = torch.tensor(padded, dtype=torch.long, device=device)
     span = torch.arange(max_blocks * block_size, device=device)
     valid = span[None, :] < torch.tensor(lengths, device=device)[:, None]
-    mask = torch.zeros(valid.shape, dtype=dtype, device=device)
+    mask = torch.zeros(valid.shape, dtype=torch.float32, device=device)
     mask.masked_fill_(~valid, float("-inf"))
-    return table_tensor, mask[:, None, None, :]
+    return table_tensor, mask[None, :, None, :]
 
 
 def _segment(chunk: ScheduledChunk, start: int, block_size: int, dtype: torch.dtype,
@@ -137,25 +137,25 @@ def _segment(chunk: ScheduledChunk, start: int, block_size: int, dtype: torch.dt
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     key_cache: torch.Tensor, value_cache: torch.Tensor,
                     layout: BatchLayout, block_size: int) -> torch.Tensor:
-    """q: [T, H, D]; k, v: [T, Hkv, D] (this iteration's); caches: [slots, Hkv, D].
+    """q: [T, H, D]; k, v: [T, Hkv, D] (this iteration's); caches: [Hkv, slots, D].
 
     Writes k, v into their slots and returns the attention output [T, H, D].
     """
-    key_cache.index_copy_(0, layout.slots, k)
-    value_cache.index_copy_(0, layout.slots, v)
+    key_cache.index_copy_(1, layout.slots, k.transpose(0, 1))
+    value_cache.index_copy_(1, layout.slots, v.transpose(0, 1))
     num_heads, head_dim = q.shape[1], q.shape[2]
     num_kv_heads = k.shape[1]
     group = num_heads // num_kv_heads
     out = torch.empty_like(q)
     rows = layout.num_rows
     if rows:
-        keys = _gather(key_cache, layout.row_tables, block_size)  # [rows, Hkv, L, D]
+        keys = _gather(key_cache, layout.row_tables, block_size)  # [Hkv, rows, L, D]
         values = _gather(value_cache, layout.row_tables, block_size)
         # Grouped-query attention without repeating keys: a kv head's query heads act
         # as that head's query positions.
-        queries = q[:rows].view(rows, num_kv_heads, group, head_dim)
-        att = F.scaled_dot_product_attention(queries, keys, values, attn_mask=layout.row_mask)
-        out[:rows] = att.reshape(rows, num_heads, head_dim)
+        queries = q[:rows].view(rows, num_kv_heads, group, head_dim).transpose(0, 1)
+        att = _decode_attention(queries * head_dim**-0.5, keys, values, layout.row_mask)
+        out[:rows] = att.transpose(0, 1).reshape(rows, num_heads, head_dim)
     for seg in layout.prefills:
         end = seg.start + seg.num_tokens
         queries = q[seg.start:end].transpose(0, 1)[None]  # [1, H, n, D]
@@ -165,19 +165,34 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             att = _sdpa_gqa(queries, keys, values, None, group)
         else:
             total = seg.num_computed + seg.num_tokens
-            keys = _gather(key_cache, seg.block_table[None], block_size)[:, :, :total]
-            values = _gather(value_cache, seg.block_table[None], block_size)[:, :, :total]
+            table = seg.block_table[None]
+            keys = _gather(key_cache, table, block_size).transpose(0, 1)[:, :, :total]
+            values = _gather(value_cache, table, block_size).transpose(0, 1)[:, :, :total]
             att = _sdpa_gqa(queries, keys, values, seg.mask, group)
         out[seg.start:end] = att[0].transpose(0, 1)
     return out
 
 
+def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      mask: torch.Tensor) -> torch.Tensor:
+    """q: [Hkv, rows, G, D] (pre-scaled); k, v: [Hkv, rows, L, D]; mask: float32 additive.
+
+    Plain matmuls: for a few query rows per head they beat the CPU flash kernel ~3x.
+    """
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() + mask  # [Hkv, rows, G, L]
+    return torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)
+
+
 def _gather(cache: torch.Tensor, tables: torch.Tensor, block_size: int) -> torch.Tensor:
-    """[slots, Hkv, D] gathered by block tables [B, nb] -> [B, Hkv, nb * block_size, D]."""
+    """[Hkv, slots, D] gathered by block tables [B, nb] -> [Hkv, B, nb * block_size, D].
+
+    index_select over whole blocks copies at memory speed (advanced indexing does not).
+    """
+    num_kv_heads, _, head_dim = cache.shape
     num_seqs, num_blocks = tables.shape
-    blocks = cache.view(-1, block_size, cache.shape[1], cache.shape[2])[tables]
-    return blocks.view(num_seqs, num_blocks * block_size, cache.shape[1],
-                       cache.shape[2]).transpose(1, 2)
+    blocks = cache.view(num_kv_heads, -1, block_size * head_dim)
+    picked = blocks.index_select(1, tables.reshape(-1))
+    return picked.view(num_kv_heads, num_seqs, num_blocks * block_size, head_dim)
 
 
 def _sdpa_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,

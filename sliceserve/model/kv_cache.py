@@ -1,6 +1,7 @@
 """The paged KV cache: one key and one value tensor per layer, addressed by slot.
 
-Slot `block_id * block_size + offset` holds the key/value of one token. Which blocks a
+Slot `block_id * block_size + offset` holds the key/value of one token (per layer and KV head:
+`[layers, kv_heads, slots, head_dim]`). Which blocks a
 request owns is decided by the scheduler's `BlockManager` (core/kv_blocks.py); the plan
 carries each request's block table, so this module owns memory, never accounting.
 """
@@ -37,7 +38,8 @@ class KVCache:
                  dtype: torch.dtype, device: torch.device) -> None:
         self.num_blocks = num_blocks
         self.block_size = block_size
-        shape = (config.num_layers, num_blocks * block_size, config.num_kv_heads, config.head_dim)
+        # Head-major: a gathered batch of block tables is contiguous per (head, request).
+        shape = (config.num_layers, config.num_kv_heads, num_blocks * block_size, config.head_dim)
         # torch.empty: pages are touched only when written, so a generous budget costs little.
         self.keys = torch.empty(shape, dtype=dtype, device=device)
         self.values = torch.empty(shape, dtype=dtype, device=device)
