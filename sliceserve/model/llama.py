@@ -20,15 +20,49 @@ from sliceserve.model.kv_cache import KVCache
 from sliceserve.model.rope import apply_rope, cos_sin_table
 
 
+class Linear:
+    """y = x W^T (+ b). On CPU in bfloat16 the weight is packed once for oneDNN: unpacked,
+    every call re-lays the weight out, which dominates small (decode) batches."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        self.weight = weight
+        self.bias = bias
+        self.packed = _pack(weight, bias)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.weight.shape
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
+
+
+def _pack(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    if weight.device.type != "cpu" or weight.dtype != torch.bfloat16:
+        return None
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+        probe = torch.ones(2, weight.shape[1], dtype=weight.dtype)
+        got = torch.ops.mkldnn._linear_pointwise(probe, packed, bias, "none", [], "")
+    except (AttributeError, RuntimeError):
+        return None  # a torch without oneDNN's packed linear: plain F.linear is fine
+    if not torch.allclose(got, F.linear(probe, weight, bias)):
+        return None
+    return packed
+
+
 @dataclass(frozen=True, slots=True)
 class LayerWeights:
     input_norm: torch.Tensor
-    qkv: torch.Tensor  # [(H + 2 Hkv) D, hidden]
-    qkv_bias: torch.Tensor | None
-    out: torch.Tensor  # [hidden, H D]
+    qkv: Linear  # [(H + 2 Hkv) D, hidden]
+    out: Linear  # [hidden, H D]
     post_norm: torch.Tensor
-    gate_up: torch.Tensor  # [2 I, hidden]
-    down: torch.Tensor  # [hidden, I]
+    gate_up: Linear  # [2 I, hidden]
+    down: Linear  # [hidden, I]
 
 
 class LlamaModel:
@@ -42,9 +76,9 @@ class LlamaModel:
         self.layers = [self._layer(take, i) for i in range(config.num_layers)]
         self.norm = take("model.norm.weight")
         if config.tie_word_embeddings or "lm_head.weight" not in weights:
-            self.lm_head = self.embed
+            self.lm_head = Linear(self.embed)
         else:
-            self.lm_head = take("lm_head.weight")
+            self.lm_head = Linear(take("lm_head.weight"))
         self._check_shapes()
         self.cos, self.sin = cos_sin_table(config, max_positions, dtype, device)
         self.q_size = config.num_heads * config.head_dim
@@ -57,12 +91,13 @@ class LlamaModel:
             qkv_bias = torch.cat([take(p + f"self_attn.{n}_proj.bias") for n in "qkv"])
         return LayerWeights(
             input_norm=take(p + "input_layernorm.weight"),
-            qkv=torch.cat([take(p + f"self_attn.{n}_proj.weight") for n in "qkv"]),
-            qkv_bias=qkv_bias,
-            out=take(p + "self_attn.o_proj.weight"),
+            qkv=Linear(torch.cat([take(p + f"self_attn.{n}_proj.weight") for n in "qkv"]),
+                       qkv_bias),
+            out=Linear(take(p + "self_attn.o_proj.weight")),
             post_norm=take(p + "post_attention_layernorm.weight"),
-            gate_up=torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]),
-            down=take(p + "mlp.down_proj.weight"),
+            gate_up=Linear(torch.cat([take(p + "mlp.gate_proj.weight"),
+                                      take(p + "mlp.up_proj.weight")])),
+            down=Linear(take(p + "mlp.down_proj.weight")),
         )
 
     def _check_shapes(self) -> None:
@@ -85,23 +120,23 @@ class LlamaModel:
         num_tokens = hidden.shape[0]
         for index, w in enumerate(self.layers):
             x = _rms_norm(hidden, w.input_norm, eps)
-            qkv = F.linear(x, w.qkv, w.qkv_bias)
+            qkv = w.qkv(x)
             q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
             q = apply_rope(q.view(num_tokens, c.num_heads, c.head_dim), cos, sin)
             k = apply_rope(k.view(num_tokens, c.num_kv_heads, c.head_dim), cos, sin)
             v = v.view(num_tokens, c.num_kv_heads, c.head_dim)
             key_cache, value_cache = cache.layer(index)
             att = paged_attention(q, k, v, key_cache, value_cache, layout, cache.block_size)
-            hidden = hidden + F.linear(att.view(num_tokens, self.q_size), w.out)
+            hidden = hidden + w.out(att.view(num_tokens, self.q_size))
             x = _rms_norm(hidden, w.post_norm, eps)
-            gate, up = F.linear(x, w.gate_up).chunk(2, dim=-1)
-            hidden = hidden + F.linear(F.silu(gate) * up, w.down)
+            gate, up = w.gate_up(x).chunk(2, dim=-1)
+            hidden = hidden + w.down(F.silu(gate) * up)
         return hidden[layout.sample_index]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[S, hidden] -> float32 logits [S, vocab]."""
         x = _rms_norm(hidden, self.norm, self.config.rms_norm_eps)
-        return F.linear(x, self.lm_head).float()
+        return self.lm_head(x).float()
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
