@@ -28,6 +28,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -160,11 +161,20 @@ def run_worker(system: str, python: str, spec: dict[str, Any], workdir: Path, ta
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [python, str(PEERS / WORKERS[system]), str(spec_path), "--out", str(out_path)]
     with log_path.open("w") as log:
+        # A session of its own: vLLM starts an engine-core process, and a timeout or an
+        # interrupt must end the whole group, not leave it running on the shared cores.
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                                start_new_session=True)
         try:
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                  timeout=timeout_s, cwd=ROOT)
+            proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired as exc:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             raise BenchError(f"{system} timed out after {timeout_s:.0f} s; log {log_path}") from exc
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
     if proc.returncode != 0 or not out_path.exists():
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-15:])
         raise BenchError(f"{system} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
@@ -262,6 +272,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "docs" / "bench" / "throughput.json"))
     parser.add_argument("--logs", help="folder for worker specs and logs (default: a temp dir)")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the running worker's process group is ended too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = [s for s in systems if s not in WORKERS]
