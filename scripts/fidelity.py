@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -29,9 +30,26 @@ SHOWN = (*COMPARED, ("e2e_ms", "p50"), ("e2e_ms", "p90"))
 
 
 def sliceserve(*args: object) -> None:
-    command = [str(Path(sys.executable).with_name("sliceserve")), *map(str, args)]
-    print("$ sliceserve " + " ".join(command[1:]), file=sys.stderr, flush=True)
+    # Through the module, so that an un-installed checkout works too (PYTHONPATH=.).
+    command = [sys.executable, "-m", "sliceserve.cli", *map(str, args)]
+    print("$ sliceserve " + " ".join(command[3:]), file=sys.stderr, flush=True)
     subprocess.run(command, check=True, cwd=REPO)
+
+
+def auto_rate(workload: str, profile: Path, load: float, seed: int) -> float:
+    """The arrival rate that keeps the device busy about `load` of the time: mean work per
+    request from the latency model (its prefill, then its output tokens at batch 8)."""
+    sys.path.insert(0, str(REPO))
+    from sliceserve.latency_model import LatencyModel
+    from sliceserve.workloads import make_traffic
+
+    model = LatencyModel.load(str(profile))
+    traffic = make_traffic(workload, rate_rps=1.0, num_requests=500, seed=seed,
+                           latency_model=model)
+    per_token_ms = model.iteration_ms(8, 8, 8 * 512) / 8
+    work_ms = sum(model.prefill_ms(r.num_prompt_tokens) + r.num_output_tokens * per_token_ms
+                  for r in traffic.requests) / len(traffic.requests)
+    return round(load * 1000.0 / work_ms, 3)
 
 
 def compare(live: dict[str, Any], sim: dict[str, Any]) -> list[dict[str, Any]]:
@@ -83,7 +101,10 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--workload", default="edge")
     parser.add_argument("--policy", default="slice")
-    parser.add_argument("--rate", type=float, default=0.3)
+    parser.add_argument("--rate", default="auto",
+                        help="arrival rate (requests/s), or auto: --load of the device's time")
+    parser.add_argument("--load", type=float, default=0.5)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--num-requests", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -96,26 +117,36 @@ def main() -> None:
     args = parser.parse_args()
     name = args.name or f"{args.workload}_{args.policy}"
     out = args.out_dir
-    model_args = ["--model", args.model, "--dtype", args.dtype, "--threads", args.threads]
+    out.mkdir(parents=True, exist_ok=True)
+    model_args = ["--model", args.model, "--dtype", args.dtype, "--threads", args.threads,
+                  "--device", args.device]
     if args.reprofile or not args.profile.exists():
         sliceserve("profile", *model_args, "--out", args.profile,
                    "--plot", args.profile.with_suffix(".png"))
+    args.rate = (auto_rate(args.workload, args.profile, args.load, args.seed)
+                 if args.rate == "auto" else float(args.rate))
+    print(f"rate: {args.rate} requests/s", file=sys.stderr)
     trace, live_path = out / f"fidelity_{name}.trace.jsonl", out / f"fidelity_{name}.live.json"
     sim_path = out / f"fidelity_{name}.sim.json"
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     sliceserve("run", "-w", args.workload, "-p", args.policy, "--rate", args.rate,
                "-n", args.num_requests, "--seed", args.seed, *model_args,
                "--latency-model", args.profile, "--trace-out", trace, "--out", live_path)
     live_wall_s = time.perf_counter() - started
+    load_after = os.getloadavg()[0]
     sliceserve("simulate", "-w", trace, "-p", args.policy, "--latency-model", args.profile,
                "--out", sim_path)
     live, sim = (json.loads(p.read_text()) for p in (live_path, sim_path))
     rows = compare(live, sim)
     settings = {"workload": args.workload, "policy": args.policy, "rate": args.rate,
                 "num_requests": args.num_requests, "seed": args.seed, "model": args.model,
-                "dtype": args.dtype, "threads": args.threads,
+                "dtype": args.dtype, "threads": args.threads, "device": args.device,
+                "load": args.load,
                 "profile": str(args.profile.relative_to(REPO)) if args.profile.is_relative_to(
-                    REPO) else str(args.profile), "live_wall_s": round(live_wall_s, 1)}
+                    REPO) else str(args.profile), "live_wall_s": round(live_wall_s, 1),
+                "load_average_before_after": [round(load_before, 2), round(load_after, 2)],
+                "cpu_count": os.cpu_count()}
     worst = max(abs(r["sim_over_live"] - 1) for r in rows
                 if r["compared"] and r["sim_over_live"] is not None)
     result = {"settings": settings, "worst_relative_difference": worst,
