@@ -134,9 +134,9 @@ class LlamaModel:
         return hidden[layout.sample_index]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[S, hidden] -> float32 logits [S, vocab]."""
+        """[S, hidden] -> logits [S, vocab] in the model's dtype."""
         x = _rms_norm(hidden, self.norm, self.config.rms_norm_eps)
-        return self.lm_head(x).float()
+        return self.lm_head(x)
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -26,6 +26,21 @@ from sliceserve.model.sampler import Sampler
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
+@dataclass
+class RunnerStats:
+    """Where the runner's time goes (seconds, summed over iterations): the model forward pass
+    (logits included) against the engine's own work around it."""
+
+    iterations: int = 0
+    prepare_s: float = 0.0  # plan -> tensors (token ids, positions, slots, block tables, masks)
+    forward_s: float = 0.0  # the model, logits included
+    sample_s: float = 0.0  # sampling and the tokens back to Python
+
+    def reset(self) -> None:
+        self.iterations = 0
+        self.prepare_s = self.forward_s = self.sample_s = 0.0
+
+
 @dataclass(frozen=True)
 class RunnerConfig:
     dtype: str = "bfloat16"
@@ -83,6 +98,7 @@ class ModelRunner:
         self.cache = KVCache(self.model_config, self.num_kv_blocks, self.block_size, self.dtype,
                              self.device)
         self.sampler = Sampler(self.device, config.seed)
+        self.stats = RunnerStats()
 
     def scheduler_config(self, **overrides: Any) -> SchedulerConfig:
         """Scheduler limits that match this runner's cache and model."""
@@ -111,11 +127,21 @@ class ModelRunner:
                 raise ValueError(f"request {chunk.request.request_id} reaches position {end}, "
                                  f"beyond max_model_len {self.max_model_len}")
         layout = build_layout(chunks, self.block_size, self.dtype, self.device)
+        prepared = time.perf_counter()
         hidden = self.model.forward(layout, self.cache)
+        logits = self.model.logits(hidden) if layout.sample_chunks else None
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        computed = time.perf_counter()
         token_ids: list[int | None] = [None] * len(chunks)
-        if layout.sample_chunks:
-            logits = self.model.logits(hidden)
+        if logits is not None:
             requests = [chunks[i].request for i in layout.sample_chunks]
             for i, token in zip(layout.sample_chunks, self.sampler.sample(logits, requests)):
                 token_ids[i] = token
-        return ExecuteResult(token_ids=token_ids, duration_s=time.perf_counter() - start)
+        end = time.perf_counter()
+        stats = self.stats
+        stats.iterations += 1
+        stats.prepare_s += prepared - start
+        stats.forward_s += computed - prepared
+        stats.sample_s += end - computed
+        return ExecuteResult(token_ids=token_ids, duration_s=end - start)

@@ -28,11 +28,16 @@ class Sampler:
         self._calls = 0
 
     def sample(self, logits: torch.Tensor, requests: Sequence[Request]) -> list[int]:
-        """logits: float32 [S, vocab], one row per request -> one token id per row."""
+        """logits: [S, vocab], one row per request -> one token id per row.
+
+        Greedy rows take the argmax of the model's own logits (widening to float32 is exact,
+        so it would not change the winner); random rows are sampled in float32.
+        """
         tokens = logits.argmax(dim=-1)
         random_rows = [i for i, r in enumerate(requests) if not _is_greedy(r)]
         if random_rows:
-            chosen = self._sample_random(logits[random_rows], [requests[i] for i in random_rows])
+            chosen = self._sample_random(logits[random_rows].float(),
+                                         [requests[i] for i in random_rows])
             tokens[random_rows] = chosen
         self._calls += 1
         if self._calls % _PRUNE_EVERY == 0:
