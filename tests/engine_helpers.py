@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from sliceserve.policies.registry import make_policy
 from sliceserve.request import SLO, Request, SamplingParams
 
 LENIENT = SLO(ttft_ms=1e7, tpot_ms=1e7)
+# The engine tests run on CPU; SLICESERVE_TEST_DEVICE=cuda runs the same tests on a GPU.
+TEST_DEVICE = os.environ.get("SLICESERVE_TEST_DEVICE", "cpu")
 
 
 def make_engine(folder: Path | ModelRunner, policy: str | Policy = "vllm",
@@ -23,7 +26,8 @@ def make_engine(folder: Path | ModelRunner, policy: str | Policy = "vllm",
                 wrap: Callable[[Policy], Policy] | None = None, **runner_kwargs: Any,
                 ) -> Engine:
     runner = folder if isinstance(folder, ModelRunner) else ModelRunner(
-        folder, RunnerConfig(**{"dtype": "float32", "num_kv_blocks": 256, **runner_kwargs}))
+        folder, RunnerConfig(**{"dtype": "float32", "num_kv_blocks": 256, "device": TEST_DEVICE,
+                                **runner_kwargs}))
     config = runner.scheduler_config()
     if isinstance(policy, str):
         policy = make_policy(policy, LatencyModel.load("paper"), config, options or {})
