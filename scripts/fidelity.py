@@ -52,6 +52,18 @@ def auto_rate(workload: str, profile: Path, load: float, seed: int) -> float:
     return round(load * 1000.0 / work_ms, 3)
 
 
+def write_profile_markdown(profile: Path) -> None:
+    sys.path.insert(0, str(REPO))
+    from sliceserve.bench.profile_report import points_path, profile_markdown
+    from sliceserve.latency_model import LatencyModel
+    from sliceserve.model.profile_fit import Profile
+
+    points = json.loads(points_path(profile).read_text())
+    text = profile_markdown(Profile.from_dict(points["profile"]),
+                            LatencyModel.load(str(profile)))
+    profile.with_suffix(".md").write_text(text)
+
+
 def compare(live: dict[str, Any], sim: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows of (scope, metric, stat, live, sim, sim/live) for overall and every class."""
     rows = []
@@ -123,6 +135,7 @@ def main() -> None:
     if args.reprofile or not args.profile.exists():
         sliceserve("profile", *model_args, "--out", args.profile,
                    "--plot", args.profile.with_suffix(".png"))
+        write_profile_markdown(args.profile)
     args.rate = (auto_rate(args.workload, args.profile, args.load, args.seed)
                  if args.rate == "auto" else float(args.rate))
     print(f"rate: {args.rate} requests/s", file=sys.stderr)

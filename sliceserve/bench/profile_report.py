@@ -140,3 +140,31 @@ def plot_profile(profile: Profile, model: LatencyModel, path: str | Path) -> Pat
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def profile_markdown(profile: Profile, model: LatencyModel) -> str:
+    """The decode table (batch x context) and the prefill points as Markdown, fit errors
+    beside the measurements, for docs/BENCHMARKS.md."""
+    decode = {(p.batch_size, p.context_tokens): p for p in profile.of_kind("decode")}
+    contexts = sorted({c for _, c in decode})
+    head = " | ".join(f"ctx {c} ms (fit err)" for c in contexts)
+    lines = [f"Decode iteration latency, {profile.model} on {profile.device}, {profile.dtype}, "
+             f"{profile.num_threads} threads (median of {profile.repeats}; load average "
+             f"{profile.load_average}):", "", f"| batch | {head} | tok/s at ctx {contexts[0]} |",
+             "|---:|" + "---:|" * (len(contexts) + 1)]
+    for b in sorted({b for b, _ in decode}):
+        cells = [f"{decode[(b, c)].ms:.1f} ({_err(decode[(b, c)], model)})"
+                 if (b, c) in decode else "-" for c in contexts]
+        first = decode.get((b, contexts[0]))
+        rate = f"{1000 * b / first.ms:.0f}" if first else "-"
+        lines.append(f"| {b} | {' | '.join(cells)} | {rate} |")
+    lines += ["", "| iteration | measured ms | fitted ms | fit err |", "|---|---:|---:|---:|"]
+    for p in [*profile.of_kind("prefill"), *profile.of_kind("mixed")]:
+        lines.append(f"| {p.label()} | {p.ms:.1f} | {p.predicted_ms(model):.1f} | "
+                     f"{_err(p, model)} |")
+    top = len(model.decode_ms)
+    lines += ["", f"Fitted: decode_ms(1) {model.decode_ms[0]:.1f}, decode_ms({top}) "
+              f"{model.decode_ms[-1]:.1f}, slope {model.decode_slope_ms:.2f} ms/row, prefill "
+              f"{model.prefill_ms_per_token:.3f} ms/token, context "
+              f"{model.context_ms_per_token:.5f} ms/token; {model.notes}"]
+    return "\n".join(lines) + "\n"
