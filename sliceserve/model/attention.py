@@ -37,7 +37,7 @@ class BatchLayout:
     slots: torch.Tensor  # [T] KV slot of each token
     num_rows: int  # single-token rows, first in the stream
     row_tables: torch.Tensor | None  # [rows, max_blocks]
-    row_mask: torch.Tensor | None  # [1, rows, 1, max_blocks * block_size] float32 additive
+    row_lengths: torch.Tensor | None  # [rows] context length of each row, new token included
     prefills: tuple[PrefillSegment, ...]
     sample_index: torch.Tensor  # [S] token index whose hidden state samples, per sampling chunk
     sample_chunks: tuple[int, ...]  # plan chunk index of each sampling row
@@ -85,7 +85,7 @@ def build_layout(chunks: Sequence[ScheduledChunk], block_size: int, dtype: torch
             sample_chunks.append(i)
         if chunk.num_new_tokens > 1:
             prefills.append(_segment(chunk, start, block_size, dtype, device))
-    row_tables, row_mask = _row_tables(chunks, rows, block_size, dtype, device)
+    row_tables, row_lengths = _row_tables(chunks, rows, block_size, device)
     as_long = {"dtype": torch.long, "device": device}
     return BatchLayout(
         order=tuple(order),
@@ -94,7 +94,7 @@ def build_layout(chunks: Sequence[ScheduledChunk], block_size: int, dtype: torch
         slots=torch.tensor(slots, **as_long),
         num_rows=len(rows),
         row_tables=row_tables,
-        row_mask=row_mask,
+        row_lengths=row_lengths,
         prefills=tuple(prefills),
         sample_index=torch.tensor(sample_index, **as_long),
         sample_chunks=tuple(sample_chunks),
@@ -102,20 +102,26 @@ def build_layout(chunks: Sequence[ScheduledChunk], block_size: int, dtype: torch
 
 
 def _row_tables(chunks: Sequence[ScheduledChunk], rows: list[int], block_size: int,
-                dtype: torch.dtype, device: torch.device,
-                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+                device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     if not rows:
         return None, None
     lengths = [chunks[i].num_computed_tokens + 1 for i in rows]
     max_blocks = -(-max(lengths) // block_size)
     tables = [list(chunks[i].block_ids[:max_blocks]) for i in rows]
     padded = [t + [0] * (max_blocks - len(t)) for t in tables]  # block 0: masked out
-    table_tensor = torch.tensor(padded, dtype=torch.long, device=device)
-    span = torch.arange(max_blocks * block_size, device=device)
-    valid = span[None, :] < torch.tensor(lengths, device=device)[:, None]
-    mask = torch.zeros(valid.shape, dtype=torch.float32, device=device)
-    mask.masked_fill_(~valid, float("-inf"))
-    return table_tensor, mask[None, :, None, :]
+    return (torch.tensor(padded, dtype=torch.long, device=device),
+            torch.tensor(lengths, dtype=torch.long, device=device))
+
+
+def row_mask(layout: BatchLayout, block_size: int) -> torch.Tensor | None:
+    """The single-token rows' additive float32 mask [1, rows, 1, max_blocks * block_size]:
+    each row sees its own context, not the padding of its block table."""
+    if layout.row_tables is None or layout.row_lengths is None:
+        return None
+    span = torch.arange(layout.row_tables.shape[1] * block_size, device=layout.row_tables.device)
+    hidden = span[None, :] >= layout.row_lengths[:, None]
+    mask = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)
+    return mask.masked_fill_(hidden, float("-inf"))[None, :, None, :]
 
 
 def _segment(chunk: ScheduledChunk, start: int, block_size: int, dtype: torch.dtype,
@@ -136,8 +142,10 @@ def _segment(chunk: ScheduledChunk, start: int, block_size: int, dtype: torch.dt
 
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     key_cache: torch.Tensor, value_cache: torch.Tensor,
-                    layout: BatchLayout, block_size: int) -> torch.Tensor:
-    """q: [T, H, D]; k, v: [T, Hkv, D] (this iteration's); caches: [Hkv, slots, D].
+                    layout: BatchLayout, block_size: int,
+                    mask: torch.Tensor | None) -> torch.Tensor:
+    """q: [T, H, D]; k, v: [T, Hkv, D] (this iteration's); caches: [Hkv, slots, D];
+    mask: `row_mask(layout)`, built once per iteration.
 
     Writes k, v into their slots and returns the attention output [T, H, D].
     """
@@ -154,7 +162,7 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         # Grouped-query attention without repeating keys: a kv head's query heads act
         # as that head's query positions.
         queries = q[:rows].view(rows, num_kv_heads, group, head_dim).transpose(0, 1)
-        att = _decode_attention(queries * head_dim**-0.5, keys, values, layout.row_mask)
+        att = _decode_attention(queries * head_dim**-0.5, keys, values, mask)
         out[:rows] = att.transpose(0, 1).reshape(rows, num_heads, head_dim)
     for seg in layout.prefills:
         end = seg.start + seg.num_tokens

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sliceserve.model.attention import BatchLayout, paged_attention
+from sliceserve.model.attention import BatchLayout, paged_attention, row_mask
 from sliceserve.model.config import ModelConfig, ModelLoadError
 from sliceserve.model.kv_cache import KVCache
 from sliceserve.model.rope import apply_rope, cos_sin_table
@@ -118,6 +118,7 @@ class LlamaModel:
         cos = self.cos[layout.positions][:, None, :]  # [T, 1, D]
         sin = self.sin[layout.positions][:, None, :]
         num_tokens = hidden.shape[0]
+        mask = row_mask(layout, cache.block_size)
         for index, w in enumerate(self.layers):
             x = _rms_norm(hidden, w.input_norm, eps)
             qkv = w.qkv(x)
@@ -126,7 +127,8 @@ class LlamaModel:
             k = apply_rope(k.view(num_tokens, c.num_kv_heads, c.head_dim), cos, sin)
             v = v.view(num_tokens, c.num_kv_heads, c.head_dim)
             key_cache, value_cache = cache.layer(index)
-            att = paged_attention(q, k, v, key_cache, value_cache, layout, cache.block_size)
+            att = paged_attention(q, k, v, key_cache, value_cache, layout, cache.block_size,
+                                  mask)
             hidden = hidden + w.out(att.view(num_tokens, self.q_size))
             x = _rms_norm(hidden, w.post_norm, eps)
             gate, up = w.gate_up(x).chunk(2, dim=-1)

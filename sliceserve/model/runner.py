@@ -8,6 +8,7 @@ weights and the KV memory; the scheduler owns which blocks belong to whom.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from sliceserve.config import SchedulerConfig
 from sliceserve.core.plan import ExecuteResult, Plan
 from sliceserve.model.attention import build_layout
 from sliceserve.model.config import ModelConfig
+from sliceserve.model.cuda_graphs import DecodeGraphs
 from sliceserve.model.kv_cache import DEFAULT_KV_CACHE_MEMORY_GB, KVCache, blocks_for_memory
 from sliceserve.model.llama import LlamaModel
 from sliceserve.model.loader import load_state_dict
@@ -52,6 +54,7 @@ class RunnerConfig:
     max_model_len: int | None = None  # default: the model's positions, capped by the cache
     num_threads: int | None = None  # torch CPU threads; None leaves torch's choice
     seed: int | None = None  # for requests without their own seed
+    cuda_graphs: bool = True  # replay decode iterations as CUDA graphs (CUDA devices only)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -95,8 +98,14 @@ class ModelRunner:
         self.model = LlamaModel(self.model_config, weights, self.max_model_len, self.dtype,
                                 self.device)
         del weights
-        self.cache = KVCache(self.model_config, self.num_kv_blocks, self.block_size, self.dtype,
-                             self.device)
+        # One block more than the scheduler hands out: a scratch slot for padding rows.
+        self.cache = KVCache(self.model_config, self.num_kv_blocks + 1, self.block_size,
+                             self.dtype, self.device)
+        self.scratch_slot = self.num_kv_blocks * self.block_size
+        self.graphs: DecodeGraphs | None = None
+        if self.device.type == "cuda" and config.cuda_graphs:
+            self.graphs = DecodeGraphs(self.model, self.cache, self.max_model_len,
+                                       self.scratch_slot)
         self.sampler = Sampler(self.device, config.seed)
         self.stats = RunnerStats()
 
@@ -126,17 +135,23 @@ class ModelRunner:
             if end > self.max_model_len:
                 raise ValueError(f"request {chunk.request.request_id} reaches position {end}, "
                                  f"beyond max_model_len {self.max_model_len}")
-        layout = build_layout(chunks, self.block_size, self.dtype, self.device)
-        prepared = time.perf_counter()
-        hidden = self.model.forward(layout, self.cache)
-        logits = self.model.logits(hidden) if layout.sample_chunks else None
+        if self.graphs is not None and self.graphs.can_run(chunks):
+            prepared = time.perf_counter()
+            logits: torch.Tensor | None = self.graphs.run(chunks)
+            sample_chunks: Sequence[int] = range(len(chunks))
+        else:
+            layout = build_layout(chunks, self.block_size, self.dtype, self.device)
+            prepared = time.perf_counter()
+            hidden = self.model.forward(layout, self.cache)
+            logits = self.model.logits(hidden) if layout.sample_chunks else None
+            sample_chunks = layout.sample_chunks
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         computed = time.perf_counter()
         token_ids: list[int | None] = [None] * len(chunks)
         if logits is not None:
-            requests = [chunks[i].request for i in layout.sample_chunks]
-            for i, token in zip(layout.sample_chunks, self.sampler.sample(logits, requests)):
+            requests = [chunks[i].request for i in sample_chunks]
+            for i, token in zip(sample_chunks, self.sampler.sample(logits, requests)):
                 token_ids[i] = token
         end = time.perf_counter()
         stats = self.stats
