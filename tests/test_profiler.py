@@ -167,3 +167,19 @@ def test_latency_model_for_calibrates_once_then_reads_the_cache(
     again = latency_model_for(smaller, "tiny")
     assert again.decode_slope_ms != 123.25 and json.loads(path.read_text())["key"]["dtype"] \
         == "float32"
+
+
+def test_the_markdown_report_has_every_batch_and_prefill_row() -> None:
+    from sliceserve.bench.profile_report import profile_markdown
+
+    truth = true_model()
+    profile = synthetic_profile(truth)
+    text = profile_markdown(profile, fit_latency_model(profile, "fit"))
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert [r.split(" | ")[0] for r in rows[1:9]] == [f"| {b}" for b in BATCHES]
+    # batch 32: 75 ms + 0.002 ms x 32 rows x (256 + 1) tokens = 91.4 ms; 32 / 91.4 ms = 350 tok/s
+    (row_32,) = [r for r in rows if r.startswith("| 32 |")]
+    assert row_32.startswith("| 32 | 91.4 (") and "| 140.6 (" in row_32
+    assert row_32.endswith("| 350 |")
+    assert any(r.startswith("| prefill 512 |") for r in rows)
+    assert any(r.startswith("| decode 16 x ctx 256 + prefill 256 |") for r in rows)
