@@ -30,6 +30,20 @@ class PrefillSegment:
 
 
 @dataclass(frozen=True, slots=True)
+class FreshGroup:
+    """Multi-token chunks that start their sequences, attended in one padded call (one kernel
+    per layer instead of one per prompt: on a GPU the per-call cost dominates short prompts).
+    Padded position p * max_len + i is token i of sequence p."""
+
+    num_seqs: int
+    max_len: int
+    gather: torch.Tensor  # [num_seqs * max_len] stream index of each padded position
+    targets: torch.Tensor  # [real tokens] stream index of each real token ...
+    sources: torch.Tensor  # [real tokens] ... and its padded position
+    mask: torch.Tensor  # [num_seqs, 1, max_len, max_len] additive: causal, within the sequence
+
+
+@dataclass(frozen=True, slots=True)
 class BatchLayout:
     order: tuple[int, ...]  # plan chunk index for each position in the flattened order
     input_ids: torch.Tensor  # [T]
@@ -38,7 +52,8 @@ class BatchLayout:
     num_rows: int  # single-token rows, first in the stream
     row_tables: torch.Tensor | None  # [rows, max_blocks]
     row_lengths: torch.Tensor | None  # [rows] context length of each row, new token included
-    prefills: tuple[PrefillSegment, ...]
+    prefills: tuple[PrefillSegment, ...]  # chunks attended one by one
+    fresh: FreshGroup | None  # chunks attended together
     sample_index: torch.Tensor  # [S] token index whose hidden state samples, per sampling chunk
     sample_chunks: tuple[int, ...]  # plan chunk index of each sampling row
 
@@ -85,6 +100,11 @@ def build_layout(chunks: Sequence[ScheduledChunk], block_size: int, dtype: torch
             sample_chunks.append(i)
         if chunk.num_new_tokens > 1:
             prefills.append(_segment(chunk, start, block_size, dtype, device))
+    fresh = None
+    starts = [seg for seg in prefills if seg.num_computed == 0]
+    if len(starts) > 1:
+        fresh = _fresh_group(starts, dtype, device)
+        prefills = [seg for seg in prefills if seg.num_computed > 0]
     row_tables, row_lengths = _row_tables(chunks, rows, block_size, device)
     as_long = {"dtype": torch.long, "device": device}
     return BatchLayout(
@@ -96,6 +116,7 @@ def build_layout(chunks: Sequence[ScheduledChunk], block_size: int, dtype: torch
         row_tables=row_tables,
         row_lengths=row_lengths,
         prefills=tuple(prefills),
+        fresh=fresh,
         sample_index=torch.tensor(sample_index, **as_long),
         sample_chunks=tuple(sample_chunks),
     )
@@ -122,6 +143,32 @@ def row_mask(layout: BatchLayout, block_size: int) -> torch.Tensor | None:
     hidden = span[None, :] >= layout.row_lengths[:, None]
     mask = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)
     return mask.masked_fill_(hidden, float("-inf"))[None, :, None, :]
+
+
+def _fresh_group(segments: list[PrefillSegment], dtype: torch.dtype,
+                 device: torch.device) -> FreshGroup:
+    max_len = max(seg.num_tokens for seg in segments)
+    gather: list[int] = []
+    targets: list[int] = []
+    sources: list[int] = []
+    for p, seg in enumerate(segments):
+        n = seg.num_tokens
+        gather.extend(range(seg.start, seg.start + n))
+        gather.extend([seg.start] * (max_len - n))
+        targets.extend(range(seg.start, seg.start + n))
+        sources.extend(range(p * max_len, p * max_len + n))
+    lengths = torch.tensor([seg.num_tokens for seg in segments], device=device)
+    pos = torch.arange(max_len, device=device)
+    # Key j is visible to query i when j <= i and j is a real token; padding queries still see
+    # key 0, so no row of the softmax is empty.
+    hidden = (pos[None, None, :] > pos[None, :, None]) | (pos[None, None, :] >= lengths[:, None,
+                                                                                        None])
+    mask = torch.zeros(hidden.shape, dtype=dtype, device=device).masked_fill_(hidden,
+                                                                                float("-inf"))
+    as_long = {"dtype": torch.long, "device": device}
+    return FreshGroup(len(segments), max_len, torch.tensor(gather, **as_long),
+                      torch.tensor(targets, **as_long), torch.tensor(sources, **as_long),
+                      mask[:, None])
 
 
 def _segment(chunk: ScheduledChunk, start: int, block_size: int, dtype: torch.dtype,
@@ -164,6 +211,8 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         queries = q[:rows].view(rows, num_kv_heads, group, head_dim).transpose(0, 1)
         att = _decode_attention(queries * head_dim**-0.5, keys, values, mask)
         out[:rows] = att.transpose(0, 1).reshape(rows, num_heads, head_dim)
+    if layout.fresh is not None:
+        _fresh_attention(q, k, v, layout.fresh, group, out)
     for seg in layout.prefills:
         end = seg.start + seg.num_tokens
         queries = q[seg.start:end].transpose(0, 1)[None]  # [1, H, n, D]
@@ -179,6 +228,17 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             att = _sdpa_gqa(queries, keys, values, seg.mask, group)
         out[seg.start:end] = att[0].transpose(0, 1)
     return out
+
+
+def _fresh_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fresh: FreshGroup,
+                     group: int, out: torch.Tensor) -> None:
+    shape = (fresh.num_seqs, fresh.max_len)
+    queries = q.index_select(0, fresh.gather).view(*shape, *q.shape[1:]).transpose(1, 2)
+    keys = k.index_select(0, fresh.gather).view(*shape, *k.shape[1:]).transpose(1, 2)
+    values = v.index_select(0, fresh.gather).view(*shape, *v.shape[1:]).transpose(1, 2)
+    att = _sdpa_gqa(queries, keys, values, fresh.mask, group)  # [P, H, max_len, D]
+    att = att.transpose(1, 2).reshape(-1, *q.shape[1:])
+    out.index_copy_(0, fresh.targets, att.index_select(0, fresh.sources))
 
 
 def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

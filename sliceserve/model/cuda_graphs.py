@@ -99,7 +99,7 @@ class DecodeGraphs:
         layout = BatchLayout(
             order=tuple(range(batch)), input_ids=views[0], positions=views[1], slots=views[2],
             num_rows=batch, row_tables=inputs[4 * batch:].view(batch, num_blocks),
-            row_lengths=views[3], prefills=(),
+            row_lengths=views[3], prefills=(), fresh=None,
             sample_index=torch.arange(batch, device=self.device), sample_chunks=(),
         )
         graph = _Graph(batch, num_blocks, inputs, layout)
