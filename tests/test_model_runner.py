@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from sliceserve.policies.base import Decision, Policy
 from sliceserve.request import RequestStatus
-from tests.engine_helpers import make_engine, request, run_to_completion
+from tests.engine_helpers import TEST_DEVICE, make_engine, request, run_to_completion
 from tests.tiny_models import make_tiny_model
 
 LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
@@ -197,3 +197,44 @@ def test_padded_static_decode_path_gives_the_same_tokens(folders, block_size):
                                  runner.scratch_slot, capture=False)
     assert run_to_completion(engine, reqs()) == plain
     assert runner.graphs._graphs  # the static path did run
+
+
+def test_cpu_decode_kernel_matches_the_pytorch_path():
+    """The compiled decode-attention kernel against the gather + matmul path it replaces."""
+    from sliceserve.model.attention import _decode_attention, _gather
+    from sliceserve.model.kernels import paged_decode_attention
+
+    kernel = paged_decode_attention()
+    if kernel is None:
+        pytest.skip("no C++ toolchain here: the engine uses the PyTorch path")
+    gen = torch.Generator().manual_seed(0)
+    rows, heads, kv_heads, dim, bs, blocks = 7, 9, 3, 64, 16, 64
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        kc = torch.randn(kv_heads, blocks * bs, dim, generator=gen).to(dtype)
+        vc = torch.randn(kv_heads, blocks * bs, dim, generator=gen).to(dtype)
+        lengths = torch.tensor([1, 5, 16, 17, 40, 63, 100])
+        tables = torch.randperm(blocks, generator=gen)[:rows * 7].view(rows, 7)
+        q = torch.randn(rows, heads, dim, generator=gen).to(dtype)
+        span = torch.arange(7 * bs)
+        mask = torch.zeros(rows, 7 * bs).masked_fill_(span[None] >= lengths[:, None],
+                                                        float("-inf"))[None, :, None, :]
+        queries = q.view(rows, kv_heads, 3, dim).transpose(0, 1) * dim**-0.5
+        expected = _decode_attention(queries, _gather(kc, tables, bs), _gather(vc, tables, bs),
+                                     mask).transpose(0, 1).reshape(rows, heads, dim)
+        got = kernel(q, kc, vc, tables, lengths, bs, dim**-0.5)
+        torch.testing.assert_close(got.float(), expected.float(), atol=tol, rtol=tol)
+
+
+def test_greedy_tokens_equal_transformers_with_the_cpu_kernel(tmp_path):
+    """head_dim 64 (the kernel's shape) on a tiny Qwen2: the same tokens as transformers."""
+    folder = make_tiny_model(tmp_path / "hd64", "qwen2", hidden_size=256, num_heads=4,
+                             num_kv_heads=2, intermediate_size=256)
+    batch = prompts(5, seed=21)
+    expected = {f"r{i}": reference(folder, p, 10) for i, p in enumerate(batch)}
+    engine = make_engine(folder)
+    got = run_to_completion(engine, [request(f"r{i}", p, 10) for i, p in enumerate(batch)])
+    assert got == expected
+    from sliceserve.model.kernels import paged_decode_attention
+
+    if TEST_DEVICE == "cpu" and paged_decode_attention() is not None:
+        assert engine.executor.model.decode_kernel is not None  # the kernel did the decodes

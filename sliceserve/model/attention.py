@@ -11,13 +11,15 @@ straight from its fresh keys when it starts the sequence, else over its gathered
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from sliceserve.core.plan import ScheduledChunk
+
+DecodeKernel = Callable[..., torch.Tensor]
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +192,8 @@ def _segment(chunk: ScheduledChunk, start: int, block_size: int, dtype: torch.dt
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     key_cache: torch.Tensor, value_cache: torch.Tensor,
                     layout: BatchLayout, block_size: int,
-                    mask: torch.Tensor | None) -> torch.Tensor:
+                    mask: torch.Tensor | None, decode_kernel: DecodeKernel | None = None,
+                    ) -> torch.Tensor:
     """q: [T, H, D]; k, v: [T, Hkv, D] (this iteration's); caches: [Hkv, slots, D];
     mask: `row_mask(layout)`, built once per iteration.
 
@@ -203,7 +206,12 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     group = num_heads // num_kv_heads
     out = torch.empty_like(q)
     rows = layout.num_rows
-    if rows:
+    if rows and decode_kernel is not None:
+        # The CPU kernel reads each row's history in place, through its block table.
+        out[:rows] = decode_kernel(q[:rows].contiguous(), key_cache, value_cache,
+                                   layout.row_tables, layout.row_lengths, block_size,
+                                   head_dim**-0.5)
+    elif rows:
         keys = _gather(key_cache, layout.row_tables, block_size)  # [Hkv, rows, L, D]
         values = _gather(value_cache, layout.row_tables, block_size)
         # Grouped-query attention without repeating keys: a kv head's query heads act

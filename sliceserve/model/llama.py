@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sliceserve.model.attention import BatchLayout, paged_attention, row_mask
+from sliceserve.model.attention import BatchLayout, DecodeKernel, paged_attention, row_mask
 from sliceserve.model.config import ModelConfig, ModelLoadError
 from sliceserve.model.kv_cache import KVCache
 from sliceserve.model.rope import apply_rope, cos_sin_table
@@ -81,6 +81,7 @@ class LlamaModel:
             self.lm_head = Linear(take("lm_head.weight"))
         self._check_shapes()
         self.cos, self.sin = cos_sin_table(config, max_positions, dtype, device)
+        self.decode_kernel: DecodeKernel | None = None  # set by the runner where it helps
         self.q_size = config.num_heads * config.head_dim
         self.kv_size = config.num_kv_heads * config.head_dim
 
@@ -118,7 +119,8 @@ class LlamaModel:
         cos = self.cos[layout.positions][:, None, :]  # [T, 1, D]
         sin = self.sin[layout.positions][:, None, :]
         num_tokens = hidden.shape[0]
-        mask = row_mask(layout, cache.block_size)
+        kernel = self.decode_kernel
+        mask = None if kernel is not None else row_mask(layout, cache.block_size)
         for index, w in enumerate(self.layers):
             x = _rms_norm(hidden, w.input_norm, eps)
             qkv = w.qkv(x)
@@ -128,7 +130,7 @@ class LlamaModel:
             v = v.view(num_tokens, c.num_kv_heads, c.head_dim)
             key_cache, value_cache = cache.layer(index)
             att = paged_attention(q, k, v, key_cache, value_cache, layout, cache.block_size,
-                                  mask)
+                                  mask, kernel)
             hidden = hidden + w.out(att.view(num_tokens, self.q_size))
             x = _rms_norm(hidden, w.post_norm, eps)
             gate, up = w.gate_up(x).chunk(2, dim=-1)

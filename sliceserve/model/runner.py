@@ -20,6 +20,7 @@ from sliceserve.core.plan import ExecuteResult, Plan
 from sliceserve.model.attention import build_layout
 from sliceserve.model.config import ModelConfig
 from sliceserve.model.cuda_graphs import DecodeGraphs
+from sliceserve.model.kernels import paged_decode_attention
 from sliceserve.model.kv_cache import DEFAULT_KV_CACHE_MEMORY_GB, KVCache, blocks_for_memory
 from sliceserve.model.llama import LlamaModel
 from sliceserve.model.loader import load_state_dict
@@ -55,6 +56,7 @@ class RunnerConfig:
     num_threads: int | None = None  # torch CPU threads; None leaves torch's choice
     seed: int | None = None  # for requests without their own seed
     cuda_graphs: bool = True  # replay decode iterations as CUDA graphs (CUDA devices only)
+    cpu_kernels: bool = True  # compiled CPU decode attention (built once per machine, cached)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -102,6 +104,8 @@ class ModelRunner:
         self.cache = KVCache(self.model_config, self.num_kv_blocks + 1, self.block_size,
                              self.dtype, self.device)
         self.scratch_slot = self.num_kv_blocks * self.block_size
+        if self.device.type == "cpu" and config.cpu_kernels and _kernel_fits(self.model_config):
+            self.model.decode_kernel = paged_decode_attention()
         self.graphs: DecodeGraphs | None = None
         if self.device.type == "cuda" and config.cuda_graphs:
             self.graphs = DecodeGraphs(self.model, self.cache, self.max_model_len,
@@ -160,3 +164,9 @@ class ModelRunner:
         stats.forward_s += computed - prepared
         stats.sample_s += end - computed
         return ExecuteResult(token_ids=token_ids, duration_s=end - start)
+
+
+def _kernel_fits(config: ModelConfig) -> bool:
+    """The kernel's limits: head_dim 64 or 128, at most 8 query heads per kv head."""
+    return (config.head_dim in (64, 128)
+            and config.num_heads // config.num_kv_heads <= 8)
