@@ -314,6 +314,8 @@ def profile(
     repeats: Annotated[int | None, typer.Option(help="timed runs per point (median)")] = None,
     cache: Annotated[bool, typer.Option(
         help="store the result as this model's cached profile on this device")] = True,
+    cache_busy: Annotated[bool, typer.Option(
+        "--cache-busy", help="cache it even if the machine was busy while measuring")] = False,
     out: Annotated[Path | None, typer.Option(
         help="write the fitted latency model here (JSON; raw points beside it)")] = None,
     plot: PlotOpt = None,
@@ -346,7 +348,11 @@ def profile(
     for table in (report.decode_table(measured, fitted), report.prefill_table(measured, fitted),
                   report.model_table(fitted, measured)):
         console.print(table)
-    if cache:
+    if cache and profiler.measured_on_busy_machine(measured) and not cache_busy:
+        print(f"warning: other processes competed for the CPU (load average "
+              f"{measured.load_average}); not cached as this device's profile (rerun on a "
+              "quiet machine, or pass --cache-busy)", file=sys.stderr)
+    elif cache:
         print(f"cached as {profiler.store_profile(key, fitted, measured)}", file=sys.stderr)
     if out is not None:
         _write(out, report.latency_model_json(fitted))

@@ -13,6 +13,7 @@ from sliceserve.bench.live import live_requests, serve_live, trace_lines
 from sliceserve.cli import main
 from sliceserve.clock import WallClock
 from sliceserve.metrics.results import load_results
+from sliceserve.model import profiler
 from sliceserve.model.profiler import warm_up
 from sliceserve.workloads import load_trace, load_workload, make_traffic
 from tests.engine_helpers import make_engine, request
@@ -130,6 +131,7 @@ def test_profile_writes_a_plot_and_run_without_a_latency_model_calibrates(
         tiny_folder: Path, workload_file: Path, tmp_path: Path, capsys,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLICESERVE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(profiler, "_load_average", lambda: 0.5)  # a quiet machine: cached
     plot = tmp_path / "p.png"
     code, out, err = run_cli(capsys, "profile", "--model", tiny_folder, "--quick", "--dtype",
                              "float32", "--kv-cache-gb", "0.05", "--plot", plot, "--no-cache")

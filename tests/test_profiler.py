@@ -10,6 +10,7 @@ import pytest
 
 from sliceserve.bench.profile_report import latency_model_json, points_json, points_path
 from sliceserve.latency_model import LatencyModel
+from sliceserve.model import profiler
 from sliceserve.model.profile_fit import (
     Profile,
     ProfileError,
@@ -143,6 +144,7 @@ def test_shapes_beyond_the_kv_cache_are_skipped(tiny_folder: Path) -> None:
 def test_latency_model_for_calibrates_once_then_reads_the_cache(
         tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLICESERVE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(profiler, "_load_average", lambda: 0.5)  # a quiet machine
     runner = tiny_runner(tiny_folder, num_kv_blocks=2200)
     key = profile_key(runner, "tiny")
     assert key == profile_key(runner, "another name for the same folder")
@@ -183,3 +185,13 @@ def test_the_markdown_report_has_every_batch_and_prefill_row() -> None:
     assert row_32.endswith("| 350 |")
     assert any(r.startswith("| prefill 512 |") for r in rows)
     assert any(r.startswith("| decode 16 x ctx 256 + prefill 256 |") for r in rows)
+
+
+def test_a_calibration_on_a_busy_machine_is_used_but_not_cached(
+        tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLICESERVE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(profiler, "_load_average", lambda: 40.0)  # others hold the cores
+    runner = tiny_runner(tiny_folder, num_kv_blocks=2200)
+    model = latency_model_for(runner, "tiny")
+    assert model.decode_ms[0] > 0
+    assert not cached_profile_path(profile_key(runner, "tiny")).exists()

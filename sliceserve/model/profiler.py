@@ -44,7 +44,8 @@ from sliceserve.request import SLO, Request, SamplingParams
 __all__ = ["DEFAULT_BATCH_SIZES", "DEFAULT_CONTEXT_LENGTHS", "DEFAULT_MIXED",
            "DEFAULT_PREFILL_TOKENS", "QUICK", "FitError", "Profile", "ProfileError",
            "ProfileKey", "ProfilePoint", "cached_profile_path", "fit_errors",
-           "fit_latency_model", "latency_model_for", "load_cached_profile", "profile_key",
+           "fit_latency_model", "latency_model_for", "load_cached_profile",
+           "measured_on_busy_machine", "profile_key",
            "profile_runner", "store_profile", "warm_up"]
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,15 @@ def profile_runner(runner: Runner, *, batch_sizes: Sequence[int] = DEFAULT_BATCH
                    kv_capacity_tokens=runner.num_kv_blocks * runner.block_size, points=points,
                    repeats=repeats, seconds=time.perf_counter() - started,
                    skipped=tuple(skipped), load_average=_load_average())
+
+
+def measured_on_busy_machine(profile: Profile) -> bool:
+    """True when other processes competed for a CPU profile's cores: the 1-minute load
+    average exceeded the cores by more than the profile's own threads could explain (one
+    runnable thread per core, plus one). Such figures are inflated, often many times over."""
+    cores = os.cpu_count() or 1
+    return (profile.device.startswith("cpu") and profile.load_average is not None
+            and profile.load_average > cores + 1)
 
 
 def _load_average() -> float | None:
@@ -300,7 +310,10 @@ def latency_model_for(runner: Runner, model_id: str, *, cache: bool = True) -> L
     profile = profile_runner(runner, model=model_id, **QUICK)
     model = fit_latency_model(profile, model_name(model_id, key), key.device, model_id,
                               notes="quick calibration at start;")
-    if cache:
+    if cache and measured_on_busy_machine(profile):
+        log.warning("the machine was busy during the calibration (load average %s): using it "
+                    "for this run only, not caching it", profile.load_average)
+    elif cache:
         try:
             store_profile(key, model, profile)
         except OSError as e:  # a read-only cache only costs the next start a calibration
