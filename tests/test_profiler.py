@@ -42,12 +42,14 @@ def true_model() -> LatencyModel:
 
 
 def synthetic_profile(model: LatencyModel) -> Profile:
-    def point(kind: str, b: int, c: int, n: int) -> ProfilePoint:
-        shape = ProfilePoint(kind, b, c, n, 1.0)  # type: ignore[arg-type]
-        return ProfilePoint(kind, b, c, n, shape.predicted_ms(model))  # type: ignore[arg-type]
+    def point(kind: str, b: int, c: int, n: int, after: int = 0) -> ProfilePoint:
+        shape = ProfilePoint(kind, b, c, n, 1.0, (), after)  # type: ignore[arg-type]
+        return ProfilePoint(kind, b, c, n, shape.predicted_ms(model), (),  # type: ignore
+                            after)
 
     points = ([point("decode", b, c, 0) for c in (256, 1024) for b in BATCHES]
               + [point("prefill", 0, 0, n) for n in (32, 64, 128, 256, 512)]
+              + [point("prefill", 0, 0, 256, 512)]
               + [point("mixed", 4, 256, 128), point("mixed", 16, 256, 256)])
     return Profile(model="m", device="cpu", dtype="bfloat16", num_threads=2,
                    kv_capacity_tokens=4096, points=tuple(points))
@@ -63,7 +65,7 @@ def test_the_fit_recovers_a_synthetic_latency_model() -> None:
     assert fitted.kv_capacity_tokens == 4096
     assert (fitted.name, fitted.device, fitted.model) == ("fit", "cpu", "m")
     errors = fit_errors(synthetic_profile(truth), fitted)
-    assert len(errors) == 16 + 5 + 2 and max(abs(e.error) for e in errors) < 1e-9
+    assert len(errors) == 16 + 6 + 2 and max(abs(e.error) for e in errors) < 1e-9
     for k in (40, 64):  # beyond the table: the extrapolation of the truth
         assert fitted.decode_latency_ms(k) == pytest.approx(truth.decode_latency_ms(k))
 
@@ -113,11 +115,13 @@ def tiny_runner(folder: Path, num_kv_blocks: int = 64) -> ModelRunner:
 def test_profile_runner_times_every_shape_that_fits(tiny_folder: Path, tmp_path: Path) -> None:
     runner = tiny_runner(tiny_folder)  # 64 blocks of 16 tokens
     profile = profile_runner(runner, batch_sizes=(1, 2, 4), context_lengths=(16, 200),
-                             prefill_tokens=(8, 40), mixed=((2, 16, 8),), repeats=2,
-                             model="tiny")
-    shapes = {(p.kind, p.batch_size, p.context_tokens, p.prefill_tokens) for p in profile.points}
+                             prefill_tokens=(8, 40), prefill_chunks=((16, 40),),
+                             mixed=((2, 16, 8),), repeats=2, model="tiny")
+    shapes = {(p.kind, p.batch_size, p.context_tokens, p.prefill_tokens,
+               p.prefill_context_tokens) for p in profile.points}
     # The largest, 4 rows x 201 tokens, needs 4 x 13 of the 64 blocks: everything fits.
-    assert len(shapes) == 3 * 2 + 2 + 1 and profile.skipped == ()
+    assert len(shapes) == 3 * 2 + 3 + 1 and profile.skipped == ()
+    assert ("prefill", 0, 0, 16, 40) in shapes and ("mixed", 2, 16, 8, 0) in shapes
     assert all(p.ms > 0 and len(p.samples_ms) == 2 and min(p.samples_ms) > 0
                for p in profile.points)
     assert profile.kv_capacity_tokens == 64 * 16 and profile.num_threads == 1
@@ -127,14 +131,16 @@ def test_profile_runner_times_every_shape_that_fits(tiny_folder: Path, tmp_path:
     points_path(path).write_text(points_json(profile, model))
     assert LatencyModel.load(str(path)) == model
     saved = json.loads(points_path(path).read_text())
-    assert Profile.from_dict(saved["profile"]) == profile and len(saved["fit"]) == 9
+    assert Profile.from_dict(saved["profile"]) == profile and len(saved["fit"]) == 10
 
 
 def test_shapes_beyond_the_kv_cache_are_skipped(tiny_folder: Path) -> None:
     runner = tiny_runner(tiny_folder, num_kv_blocks=16)  # 256 tokens
     profile = profile_runner(runner, batch_sizes=(1, 8), context_lengths=(32, 300),
-                             prefill_tokens=(8,), mixed=(), repeats=1, warmup=0)
-    assert profile.skipped == ("decode 8 x ctx 32", "decode 1 x ctx 300", "decode 8 x ctx 300")
+                             prefill_tokens=(8,), prefill_chunks=((8, 250),), mixed=(),
+                             repeats=1, warmup=0)
+    assert profile.skipped == ("decode 8 x ctx 32", "decode 1 x ctx 300", "decode 8 x ctx 300",
+                               "prefill 8 after 250")  # 258 tokens > max_model_len 256
     assert [p.label() for p in profile.points] == ["decode 1 x ctx 32", "prefill 8"]
     with pytest.raises(ProfileError, match="fits"):
         profile_runner(runner, batch_sizes=(64,), context_lengths=(300,), prefill_tokens=(),

@@ -124,7 +124,8 @@ def plot_profile(profile: Profile, model: LatencyModel, path: str | Path) -> Pat
              title="decode")
     left.legend(fontsize=8)
     left.grid(alpha=0.3)
-    prefill = sorted((p.prefill_tokens, p.ms) for p in profile.of_kind("prefill"))
+    prefill = sorted((p.prefill_tokens, p.ms) for p in profile.of_kind("prefill")
+                     if not p.prefill_context_tokens)
     if prefill:
         right.plot(*zip(*prefill), "o-", label="measured")
         ns = range(1, prefill[-1][0] + 1)

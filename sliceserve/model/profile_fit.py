@@ -8,7 +8,8 @@ where `context` counts, as the simulator's executor does, every chunk's computed
 The fit separates those terms from three kinds of measured points:
 
 - decode: `batch_size` rows each decoding one token over `context_tokens` of KV;
-- prefill: one prompt of `prefill_tokens` tokens alone;
+- prefill: one prompt chunk of `prefill_tokens` tokens alone (after `prefill_context_tokens`
+  already in the cache: a later chunk of a long prompt);
 - mixed: both in one iteration (not fitted: they check that the terms add up).
 
 Pure Python (no torch), so fits are testable on synthetic points.
@@ -43,12 +44,15 @@ class ProfilePoint:
     prefill_tokens: int  # tokens of the one prefill chunk (0: none)
     ms: float
     samples_ms: tuple[float, ...] = ()
+    # Tokens of the prefilling request already in the KV cache: a later chunk of a prompt.
+    prefill_context_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in POINT_KINDS:
             raise ProfileError(f"profile point kind must be one of {', '.join(POINT_KINDS)}, "
                                f"got {self.kind!r}")
-        if min(self.batch_size, self.context_tokens, self.prefill_tokens) < 0:
+        if min(self.batch_size, self.context_tokens, self.prefill_tokens,
+               self.prefill_context_tokens) < 0:
             raise ProfileError("profile point sizes must be >= 0")
         if (self.batch_size > 0) != (self.kind != "prefill") or \
                 (self.prefill_tokens > 0) != (self.kind != "decode"):
@@ -68,7 +72,8 @@ class ProfilePoint:
 
     @property
     def num_context_tokens(self) -> int:
-        return self.batch_size * (self.context_tokens + 1) + self.prefill_tokens
+        return (self.batch_size * (self.context_tokens + 1) + self.prefill_context_tokens
+                + self.prefill_tokens)
 
     def predicted_ms(self, model: LatencyModel) -> float:
         return model.iteration_ms(self.num_rows, self.num_new_tokens, self.num_context_tokens)
@@ -78,7 +83,8 @@ class ProfilePoint:
         if self.batch_size:
             parts.append(f"decode {self.batch_size} x ctx {self.context_tokens}")
         if self.prefill_tokens:
-            parts.append(f"prefill {self.prefill_tokens}")
+            after = self.prefill_context_tokens
+            parts.append(f"prefill {self.prefill_tokens}" + (f" after {after}" if after else ""))
         return " + ".join(parts)
 
 
@@ -160,7 +166,7 @@ def fit_context_ms_per_token(decode: dict[tuple[int, int], float]) -> float:
 
     For batch b the model says ms(b, c2) - ms(b, c1) = ctx * b * (c2 - c1); large batches carry
     most of the signal (their differences are largest), which is where the term matters.
-    Capped at half of every point, so that the decode table left after it stays positive.
+    Capped so that the decode table left after it stays positive.
     """
     num = den = 0.0
     for b in {b for b, _ in decode}:
@@ -173,8 +179,10 @@ def fit_context_ms_per_token(decode: dict[tuple[int, int], float]) -> float:
     if den == 0:
         return 0.0
     # Noise can make the difference of two points swamp the smaller one; cap the term so
-    # that it never explains more than half of any measured point.
-    cap = min(0.5 * ms / (b * (c + 1)) for (b, c), ms in decode.items())
+    # that it explains at most half of each batch size's point at its shortest context, which
+    # keeps the decode table left after it positive.
+    cap = min(0.5 * decode[(b, c)] / (b * (c + 1))
+              for b, c in ((b, min(c for b2, c in decode if b2 == b)) for b, _ in decode))
     return min(max(0.0, num / den), cap)
 
 
@@ -215,13 +223,15 @@ def tail_slope(base: dict[int, float]) -> float:
 
 def fit_prefill_ms_per_token(points: Sequence[ProfilePoint], decode_1_ms: float,
                              context_ms: float) -> float:
-    """Least squares of relative error for prefill alone: ms(n) = decode_ms(1) + pf * (n - 1)
-    + ctx * n, with the intercept and context term already fixed by the decode points.
-    Relative weights: a TTFT of a short prompt matters as much as a long one's."""
+    """Least squares of relative error for prefill chunks alone: ms(n after c) = decode_ms(1)
+    + pf * (n - 1) + ctx * (c + n), with the intercept and context term already fixed by the
+    decode points. Relative weights: a TTFT of a short prompt matters as much as a long one's.
+    Later chunks of a prompt (c > 0) attend to what came before, which the model can only
+    spread over pf: they pull it up, as they do in a run with chunked prefill."""
     num = den = 0.0
     for p in points:
         x = p.prefill_tokens - 1
-        y = p.ms - decode_1_ms - context_ms * p.prefill_tokens
+        y = p.ms - decode_1_ms - context_ms * (p.prefill_context_tokens + p.prefill_tokens)
         w = 1.0 / (p.ms * p.ms)
         num += w * x * y
         den += w * x * x

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -42,8 +42,9 @@ from sliceserve.model.profile_fit import (
 from sliceserve.request import SLO, Request, SamplingParams
 
 __all__ = ["DEFAULT_BATCH_SIZES", "DEFAULT_CONTEXT_LENGTHS", "DEFAULT_MIXED",
+           "DEFAULT_PREFILL_CHUNKS",
            "DEFAULT_PREFILL_TOKENS", "QUICK", "FitError", "Profile", "ProfileError",
-           "ProfileKey", "ProfilePoint", "cached_profile_path", "fit_errors",
+           "ProfileKey", "ProfilePoint", "Shape", "cached_profile_path", "fit_errors",
            "fit_latency_model", "latency_model_for", "load_cached_profile",
            "measured_on_busy_machine", "profile_key",
            "profile_runner", "store_profile", "warm_up"]
@@ -56,9 +57,13 @@ DEFAULT_CONTEXT_LENGTHS = (256, 1024)
 DEFAULT_PREFILL_TOKENS = (32, 64, 128, 256, 512, 1024)
 # (decode rows, their context, prefill tokens): iterations that mix both, fit-checked only.
 DEFAULT_MIXED: tuple[tuple[int, int, int], ...] = ((4, 256, 128), (16, 256, 256))
+# (new tokens, tokens already cached): later chunks of long prompts, as chunked prefill runs
+# them (SLICE cuts prompts into chunks of 512).
+DEFAULT_PREFILL_CHUNKS: tuple[tuple[int, int], ...] = ((256, 512), (512, 512))
 # The start-up calibration: every term measured once, well under 20 s for SmolLM2 on 2 cores.
 QUICK: dict[str, Any] = {"batch_sizes": (1, 2, 4, 8, 16, 32), "context_lengths": (256, 1024),
-                         "prefill_tokens": (32, 256, 1024), "mixed": (), "repeats": 1,
+                         "prefill_tokens": (32, 256, 1024),
+                         "prefill_chunks": ((512, 512),), "mixed": (), "repeats": 1,
                          "warmup": 0}
 CACHE_SCHEMA = "sliceserve.profile-cache/v1"
 _PROFILE_SLO = SLO(ttft_ms=1e6, tpot_ms=1e6)
@@ -81,51 +86,73 @@ Progress = Callable[[int, int, str], None]  # (done, total, what)
 
 # --- measuring ---
 
+class Shape(NamedTuple):
+    """One iteration to time: `rows` decode rows over `context` tokens each, plus a prefill
+    chunk of `prefill` tokens after `prefill_context` of its prompt already cached."""
+
+    rows: int
+    context: int
+    prefill: int
+    prefill_context: int = 0
+
+    def label(self) -> str:
+        return self.point(1.0).label()
+
+    def point(self, ms: float, samples_ms: tuple[float, ...] = ()) -> ProfilePoint:
+        kind = "mixed" if self.rows and self.prefill else ("decode" if self.rows else "prefill")
+        return ProfilePoint(kind, self.rows, self.context if self.rows else 0,  # type: ignore
+                            self.prefill, ms, samples_ms, self.prefill_context)
+
+
 def profile_runner(runner: Runner, *, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
                    context_lengths: Sequence[int] = DEFAULT_CONTEXT_LENGTHS,
                    prefill_tokens: Sequence[int] = DEFAULT_PREFILL_TOKENS,
+                   prefill_chunks: Sequence[tuple[int, int]] = DEFAULT_PREFILL_CHUNKS,
                    mixed: Sequence[tuple[int, int, int]] = DEFAULT_MIXED, repeats: int = 3,
                    warmup: int = 1, model: str = "", seed: int = 0,
                    progress: Progress | None = None) -> Profile:
-    """Median latency of `runner.execute` for every shape that fits the KV cache."""
+    """Median latency of `runner.execute` for every shape that fits the KV cache.
+
+    `prefill_chunks` are (new tokens, tokens already cached) of later prompt chunks. Every
+    timed call gets a fresh plan (new token ids, new blocks): re-running one plan is faster
+    than a live iteration, which never repeats one (caches stay warm)."""
     if repeats < 1 or warmup < 0:
         raise ProfileError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
-    shapes = ([(b, c, 0) for c in context_lengths for b in batch_sizes]
-              + [(0, 0, n) for n in prefill_tokens] + list(mixed))
-    if any(min(s) < 0 or s[0] + s[2] < 1 for s in shapes):
+    shapes = ([Shape(b, c, 0) for c in context_lengths for b in batch_sizes]
+              + [Shape(0, 0, n) for n in prefill_tokens]
+              + [Shape(0, 0, n, c) for n, c in prefill_chunks]
+              + [Shape(*m) for m in mixed])
+    if any(min(s) < 0 or s.rows + s.prefill < 1 for s in shapes):
         raise ProfileError(f"profile shapes need positive sizes, got {shapes}")
     rng = np.random.default_rng(seed)
-    plans: list[tuple[tuple[int, int, int], Plan]] = []
-    skipped: list[str] = []
-    for shape in shapes:
-        plan = _plan(runner, *shape, rng, f"p{len(plans)}")
-        if plan is None:
-            skipped.append(_label(*shape))
-        else:
-            plans.append((shape, plan))
-    if not plans:
+    fits = [_fits(runner, shape) for shape in shapes]
+    timed = [shape for shape, ok in zip(shapes, fits) if ok]
+    if not timed:
         raise ProfileError(f"no profile shape fits this runner's KV cache "
                            f"({runner.num_kv_blocks} blocks of {runner.block_size})")
     started = time.perf_counter()
-    runner.execute(plans[0][1])  # the first call pays one-time set-up: never timed
-    samples: list[list[float]] = [[] for _ in plans]
-    total = (warmup + repeats) * len(plans)
+    runner.execute(_plan(runner, timed[0], rng, "setup"))  # one-time set-up: never timed
+    samples: list[list[float]] = [[] for _ in timed]
+    total = (warmup + repeats) * len(timed)
     for rep in range(warmup + repeats):
-        for i, (shape, plan) in enumerate(plans):
+        for i, shape in enumerate(timed):
+            plan = _plan(runner, shape, rng, f"r{rep}s{i}")
             t0 = time.perf_counter()
             runner.execute(plan)
             ms = (time.perf_counter() - t0) * 1000.0
             if rep >= warmup:
                 samples[i].append(ms)
             if progress is not None:
-                progress(rep * len(plans) + i + 1, total, _label(*shape))
-    points = tuple(_point(shape, times) for (shape, _), times in zip(plans, samples))
+                progress(rep * len(timed) + i + 1, total, shape.label())
     facts = runner_facts(runner)
     return Profile(model=model, device=facts["device"], dtype=facts["dtype"],
                    num_threads=facts["num_threads"],
-                   kv_capacity_tokens=runner.num_kv_blocks * runner.block_size, points=points,
+                   kv_capacity_tokens=runner.num_kv_blocks * runner.block_size,
+                   points=tuple(s.point(statistics.median(t), tuple(t))
+                                for s, t in zip(timed, samples)),
                    repeats=repeats, seconds=time.perf_counter() - started,
-                   skipped=tuple(skipped), load_average=_load_average())
+                   skipped=tuple(s.label() for s, ok in zip(shapes, fits) if not ok),
+                   load_average=_load_average())
 
 
 def measured_on_busy_machine(profile: Profile) -> bool:
@@ -148,45 +175,41 @@ def warm_up(runner: Runner, *, seed: int = 0) -> None:
     """A few untimed iterations (prefill, decode, mixed), so that a run's first real one does
     not pay the one-time set-up of the first calls."""
     rng = np.random.default_rng(seed)
-    for shape in ((0, 0, 64), (4, 128, 0), (2, 64, 32)):
-        plan = _plan(runner, *shape, rng, "warm-up")
-        if plan is not None:
-            runner.execute(plan)
+    for shape in (Shape(0, 0, 64), Shape(4, 128, 0), Shape(2, 64, 32)):
+        if _fits(runner, shape):
+            runner.execute(_plan(runner, shape, rng, "warm-up"))
 
 
-def _point(shape: tuple[int, int, int], times: list[float]) -> ProfilePoint:
-    rows, context, prefill = shape
-    kind = "mixed" if rows and prefill else ("decode" if rows else "prefill")
-    return ProfilePoint(kind, rows, context if rows else 0, prefill,  # type: ignore[arg-type]
-                        statistics.median(times), tuple(times))
-
-
-def _label(rows: int, context: int, prefill: int) -> str:
-    parts = [f"decode {rows} x ctx {context}"] if rows else []
-    return " + ".join(parts + ([f"prefill {prefill}"] if prefill else []))
-
-
-def _plan(runner: Runner, rows: int, context: int, prefill: int, rng: np.random.Generator,
-          prefix: str) -> Plan | None:
-    """A synthetic iteration, or None when it does not fit the runner."""
+def _fits(runner: Runner, shape: Shape) -> bool:
     block_size = runner.block_size
-    need = rows * blocks_for_tokens(context + 1, block_size) + blocks_for_tokens(prefill,
-                                                                              block_size)
+    need = (shape.rows * blocks_for_tokens(shape.context + 1, block_size)
+            + blocks_for_tokens(shape.prefill_context + shape.prefill, block_size))
     budget = getattr(getattr(runner, "config", None), "max_num_batched_tokens", None)
-    if (need > runner.num_kv_blocks or max(context + 1, prefill) > runner.max_model_len
-            or (budget is not None and rows + prefill > budget)):
-        return None
+    return (need <= runner.num_kv_blocks
+            and max(shape.context + 1, shape.prefill_context + shape.prefill)
+            <= runner.max_model_len
+            and (budget is None or shape.rows + shape.prefill <= budget))
+
+
+def _plan(runner: Runner, shape: Shape, rng: np.random.Generator, prefix: str) -> Plan:
+    """A synthetic iteration of `shape` with random token ids."""
     vocab = _vocab_size(runner)
+    # Blocks scattered over the pool, as a long-running scheduler leaves them: attention over
+    # scattered blocks costs measurably more than over neighbours (about 2x the per-token
+    # context cost on a 2-core CPU), and live iterations read scattered ones.
+    pool = rng.permutation(runner.num_kv_blocks)
     next_block = 0
     chunks = []
     # (tokens in the sequence, already computed): decode rows, then the prefill chunk.
-    for i, (length, computed) in enumerate([(context + 1, context)] * rows
-                                           + ([(prefill, 0)] if prefill else [])):
+    rows = [(shape.context + 1, shape.context)] * shape.rows
+    if shape.prefill:
+        rows.append((shape.prefill_context + shape.prefill, shape.prefill_context))
+    for i, (length, computed) in enumerate(rows):
         ids = rng.integers(min(16, vocab - 1), vocab, size=length).tolist()
         request = Request(f"{prefix}-{i}", 0.0, length, _PROFILE_SAMPLING, _PROFILE_SLO,
                           prompt_token_ids=ids)
-        num_blocks = blocks_for_tokens(length, block_size)
-        blocks = tuple(range(next_block, next_block + num_blocks))
+        num_blocks = blocks_for_tokens(length, runner.block_size)
+        blocks = tuple(int(b) for b in pool[next_block:next_block + num_blocks])
         next_block += num_blocks
         chunks.append(ScheduledChunk(request, length - computed, computed, True, blocks))
     return Plan(0.0, tuple(chunks))
