@@ -28,6 +28,9 @@ from sliceserve.latency_model import LatencyModel
 PointKind = Literal["decode", "prefill", "mixed"]
 POINT_KINDS: tuple[str, ...] = ("decode", "prefill", "mixed")
 PROFILE_SCHEMA = "sliceserve.profile/v1"
+# A noise guard only: real context terms stay well below it (SmolLM2 on a 2-core CPU: about
+# 60% of a 32-row decode at 256 tokens of context).
+MAX_CONTEXT_SHARE = 0.9
 
 
 class ProfileError(ValueError):
@@ -144,10 +147,7 @@ def fit_latency_model(profile: Profile, name: str, device: str = "", model: str 
     decode = {(p.batch_size, p.context_tokens): p.ms for p in profile.of_kind("decode")}
     if not any(b == 1 for b, _ in decode):
         raise ProfileError("profile: the fit needs decode points at batch size 1")
-    context_ms = fit_context_ms_per_token(decode)
-    base = {b: statistics.fmean(ms - context_ms * b * (c + 1)
-                                for (b2, c), ms in decode.items() if b2 == b)
-            for b in sorted({b for b, _ in decode})}
+    context_ms, base = fit_decode(decode)
     table = decode_table(base)
     prefill_ms = fit_prefill_ms_per_token(profile.of_kind("prefill"), table[0], context_ms)
     fitted = LatencyModel(name=name, decode_ms=tuple(table), decode_slope_ms=tail_slope(base),
@@ -161,29 +161,34 @@ def fit_latency_model(profile: Profile, name: str, device: str = "", model: str 
     return replace(fitted, notes=f"{notes} {summary}".strip())
 
 
-def fit_context_ms_per_token(decode: dict[tuple[int, int], float]) -> float:
-    """Least squares over the batch sizes measured at two or more contexts.
+def fit_decode(decode: dict[tuple[int, int], float]) -> tuple[float, dict[int, float]]:
+    """(context_ms_per_token, decode ms by batch size at zero context) for decode points
+    ms(b, c) = D(b) + ctx * b * (c + 1), by least squares of relative error: a small batch's
+    point counts as much as a large one's (on CPUs the context costs more per token at small
+    batches, and edge devices mostly run small ones).
 
-    For batch b the model says ms(b, c2) - ms(b, c1) = ctx * b * (c2 - c1); large batches carry
-    most of the signal (their differences are largest), which is where the term matters.
-    Capped so that the decode table left after it stays positive.
+    For a given ctx each D(b) is the weighted mean of ms - ctx * x over b's contexts, so
+    ctx solves a one-variable problem over the deviations from those means. Capped so that
+    it explains at most MAX_CONTEXT_SHARE of each batch size's point at its shortest context,
+    which keeps the decode table left after it positive whatever the noise.
     """
+    batches = sorted({b for b, _ in decode})
+    groups = {b: [(b * (c + 1), ms, 1.0 / (ms * ms)) for (b2, c), ms in decode.items() if b2 == b]
+              for b in batches}
+    means = {}
     num = den = 0.0
-    for b in {b for b, _ in decode}:
-        contexts = sorted(c for b2, c in decode if b2 == b)
-        lo = contexts[0]
-        for c in contexts[1:]:
-            x = b * (c - lo)
-            num += x * (decode[(b, c)] - decode[(b, lo)])
-            den += x * x
-    if den == 0:
-        return 0.0
-    # Noise can make the difference of two points swamp the smaller one; cap the term so
-    # that it explains at most half of each batch size's point at its shortest context, which
-    # keeps the decode table left after it positive.
-    cap = min(0.5 * decode[(b, c)] / (b * (c + 1))
-              for b, c in ((b, min(c for b2, c in decode if b2 == b)) for b, _ in decode))
-    return min(max(0.0, num / den), cap)
+    for b, points in groups.items():
+        total = sum(w for _, _, w in points)
+        mean_ms = sum(w * ms for _, ms, w in points) / total
+        mean_x = sum(w * x for x, _, w in points) / total
+        means[b] = (mean_ms, mean_x)
+        num += sum(w * (ms - mean_ms) * (x - mean_x) for x, ms, w in points)
+        den += sum(w * (x - mean_x) ** 2 for x, _, w in points)
+    context_ms = max(0.0, num / den) if den > 0 else 0.0
+    cap = min(MAX_CONTEXT_SHARE * min(ms for x, ms, _ in points if x == min(p[0] for p in points))
+              / min(p[0] for p in points) for points in groups.values())
+    context_ms = min(context_ms, cap)
+    return context_ms, {b: mean_ms - context_ms * mean_x for b, (mean_ms, mean_x) in means.items()}
 
 
 def decode_table(base: dict[int, float]) -> list[float]:
