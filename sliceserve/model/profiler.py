@@ -174,7 +174,8 @@ def _load_average() -> float | None:
 
 def prefault_kv_cache(runner: Runner) -> None:
     """Write the runner's whole KV cache once, if it exposes one (`runner.cache.keys` and
-    `.values`, tensors allocated with torch.empty).
+    `.values`, tensors allocated with torch.empty). Only before serving: it erases every
+    cached token.
 
     Memory from torch.empty is mapped on first touch, so the first use of every page of the
     cache costs a page fault. A server that has run for a while has touched all of it; a
@@ -189,7 +190,8 @@ def prefault_kv_cache(runner: Runner) -> None:
 
 def warm_up(runner: Runner, *, seed: int = 0) -> None:
     """The KV cache touched once and a few untimed iterations (prefill, decode, mixed), so
-    that a run's first real iterations do not pay one-time set-up costs."""
+    that a run's first real iterations do not pay one-time set-up costs. Only before serving
+    (see prefault_kv_cache)."""
     prefault_kv_cache(runner)
     rng = np.random.default_rng(seed)
     for shape in (Shape(0, 0, 64), Shape(4, 128, 0), Shape(2, 64, 32)):
