@@ -238,3 +238,19 @@ def test_greedy_tokens_equal_transformers_with_the_cpu_kernel(tmp_path):
 
     if TEST_DEVICE == "cpu" and paged_decode_attention() is not None:
         assert engine.executor.model.decode_kernel is not None  # the kernel did the decodes
+
+
+def test_slots_no_request_wrote_do_not_leak_into_attention(folders):
+    """Padded block tables read slots of other (or no) requests: whatever finite values they
+    hold must not change any token. A fresh cache is zeroed: never NaN."""
+    folder = folders["llama"]
+    batch = prompts(6, seed=17)
+    clean = run_to_completion(make_engine(folder), [request(f"r{i}", p, 10)
+                                                    for i, p in enumerate(batch)])
+    engine = make_engine(folder)
+    cache = engine.executor.cache
+    assert torch.isfinite(cache.keys).all() and torch.isfinite(cache.values).all()
+    cache.keys.fill_(1e4)
+    cache.values.fill_(-1e4)
+    dirty = run_to_completion(engine, [request(f"r{i}", p, 10) for i, p in enumerate(batch)])
+    assert dirty == clean

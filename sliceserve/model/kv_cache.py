@@ -40,9 +40,10 @@ class KVCache:
         self.block_size = block_size
         # Head-major: a gathered batch of block tables is contiguous per (head, request).
         shape = (config.num_layers, config.num_kv_heads, num_blocks * block_size, config.head_dim)
-        # torch.empty: pages are touched only when written, so a generous budget costs little.
-        self.keys = torch.empty(shape, dtype=dtype, device=device)
-        self.values = torch.empty(shape, dtype=dtype, device=device)
+        # Zeroed, not empty: attention over a padded block table reads slots no request wrote,
+        # and the mask hides finite garbage but not a NaN (NaN + -inf is NaN).
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
 
     @property
     def num_bytes(self) -> int:
