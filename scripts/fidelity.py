@@ -247,6 +247,7 @@ def main() -> None:
     model_args = ["--model", args.model, "--dtype", args.dtype, "--threads", args.threads,
                   "--device", args.device]
     if args.reprofile or not args.profile.exists():
+        wait_until_quiet(args.quiet_s, limit_s=3600)
         sliceserve("profile", *model_args, "--out", args.profile,
                    "--plot", args.profile.with_suffix(".png"))
         write_profile_markdown(args.profile)
