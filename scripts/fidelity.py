@@ -1,14 +1,18 @@
 """Simulator fidelity: one `edge` trace served live and simulated with the profiled model.
 
-    .venv/bin/python scripts/fidelity.py                      # profile, run live, simulate
-    .venv/bin/python scripts/fidelity.py --profile docs/bench/profile_smollm2.json
+    .venv/bin/python scripts/fidelity.py --threads 2                  # slice, 60 requests
+    .venv/bin/python scripts/fidelity.py --threads 2 --policy vllm
+    .venv/bin/python scripts/fidelity.py --compare-only               # re-analyse a run
 
 Steps, each through the `sliceserve` command line a user would run:
- 1. `sliceserve profile` (unless --profile names an existing file): the latency model of
-    this device, its points and plot (docs/bench/profile_*.json|png);
- 2. `sliceserve run --trace-out`: the workload on the real engine, arrivals in wall time;
- 3. `sliceserve simulate --workload TRACE`: the same requests in the simulator;
- 4. p50 / p90 of TTFT, TPOT and E2E, live vs simulated, overall and per class: written to
+ 1. `sliceserve run --profile-out PROFILE --trace-out TRACE`: profile the model in the run's
+    own process (the device's latency model, docs/bench/profile_*.json with its points, a
+    table and a plot), then serve the workload on the real engine, arrivals in wall time, at
+    a rate that keeps the device about half busy. Before it, wait for a quiet machine; after
+    it, rerun if other processes took more than 5% of the CPUs meanwhile;
+ 2. `sliceserve simulate --workload TRACE --latency-model PROFILE`: the same requests;
+ 3. p50 / p90 of TTFT, TPOT and E2E, live vs simulated, overall and per class, and the same
+    with a proposed prefill attention term (`what_if_attention_term`): written to
     docs/bench/fidelity_<name>.json and .md. Target: p50 and p90 of TTFT and TPOT within 10%.
 """
 
@@ -85,23 +89,30 @@ def auto_rate(workload: str, profile: Path, load: float, seed: int) -> float:
     return round(load * 1000.0 / work_ms, 3)
 
 
-def write_profile_markdown(profile: Path) -> None:
+def write_profile_report(profile: Path) -> None:
+    """The profile's tables (.md) and plot (.png) beside it."""
     sys.path.insert(0, str(REPO))
-    from sliceserve.bench.profile_report import points_path, profile_markdown
+    from sliceserve.bench.profile_report import plot_profile, points_path, profile_markdown
     from sliceserve.latency_model import LatencyModel
     from sliceserve.model.profile_fit import Profile
 
-    points = json.loads(points_path(profile).read_text())
-    text = profile_markdown(Profile.from_dict(points["profile"]),
-                            LatencyModel.load(str(profile)))
-    profile.with_suffix(".md").write_text(text)
+    points = Profile.from_dict(json.loads(points_path(profile).read_text())["profile"])
+    model = LatencyModel.load(str(profile))
+    profile.with_suffix(".md").write_text(profile_markdown(points, model))
+    plot_profile(points, model, profile.with_suffix(".png"))
+
+
+def attention_pairs(new: int, cached: int) -> float:
+    """Query-key pairs of causal attention for `new` tokens after `cached` ones."""
+    return new * (cached + (new + 1) / 2)
 
 
 def what_if_attention_term(trace: Path, policy: str, profile: Path) -> dict[str, Any]:
     """The simulated run if the latency model had a prefill attention term (a proposal for
     sliceserve/latency_model.py, not part of it): a chunk of n new tokens after c cached ones
-    adds q * n * (c + n) ms, the quadratic cost of causal attention that the linear prefill
-    term cannot represent. q and the prefill slope are refitted to the profile's prefill
+    adds q * n * (c + (n + 1) / 2) ms, the query-key pairs of causal attention, whose
+    quadratic cost the linear prefill term cannot represent (for a decode row, n = 1, the
+    same count is its context: c + 1). q and the prefill slope are refitted to the profile's prefill
     points; the simulator's executor is swapped for one that adds the term (the policy still
     plans with the linear model, as the live run did)."""
     import dataclasses
@@ -123,7 +134,7 @@ def what_if_attention_term(trace: Path, policy: str, profile: Path) -> dict[str,
     rows, ys, ws = [], [], []
     for p in points.of_kind("prefill"):
         n, c = p.prefill_tokens, p.prefill_context_tokens
-        rows.append([n - 1, n * (c + n)])
+        rows.append([n - 1, attention_pairs(n, c)])
         ys.append(p.ms - d1 - ctx * (c + n))
         ws.append(1.0 / p.ms)
     a, y = np.array(rows) * np.array(ws)[:, None], np.array(ys) * np.array(ws)
@@ -132,7 +143,7 @@ def what_if_attention_term(trace: Path, policy: str, profile: Path) -> dict[str,
     class AttentionExecutor(SimExecutor):
         def execute(self, plan: Plan) -> ExecuteResult:
             result = super().execute(plan)
-            extra_ms = q * sum(c.num_new_tokens * (c.num_computed_tokens + c.num_new_tokens)
+            extra_ms = q * sum(attention_pairs(c.num_new_tokens, c.num_computed_tokens)
                                for c in plan.chunks if c.num_new_tokens > 1)
             return ExecuteResult(result.token_ids, result.duration_s + extra_ms / 1000.0)
 
@@ -146,7 +157,7 @@ def what_if_attention_term(trace: Path, policy: str, profile: Path) -> dict[str,
     fit = [{"point": p.label(), "measured_ms": round(p.ms, 1), "predicted_ms": round(
         d1 + prefill_ms * (p.prefill_tokens - 1) + ctx * (p.prefill_context_tokens
                                                           + p.prefill_tokens)
-        + q * p.prefill_tokens * (p.prefill_context_tokens + p.prefill_tokens), 1)}
+        + q * attention_pairs(p.prefill_tokens, p.prefill_context_tokens), 1)}
         for p in points.of_kind("prefill")]
     return {"prefill_ms_per_token": prefill_ms, "attention_ms_per_token2": q,
             "prefill_fit": fit, "run": run}
@@ -201,8 +212,8 @@ def markdown(rows: list[dict[str, Any]], live: dict[str, Any], sim: dict[str, An
 def what_if_markdown(what_if: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     lines = ["", "## What if the latency model had a prefill attention term", "",
              f"Refitted: prefill {what_if['prefill_ms_per_token']:.3f} ms/token + "
-             f"{what_if['attention_ms_per_token2']:.2e} ms x new x (cached + new) tokens per "
-             "chunk (`what_if_attention_term` in scripts/fidelity.py; a proposal, not in "
+             f"{what_if['attention_ms_per_token2']:.2e} ms x new x (cached + (new + 1) / 2) "
+             "per chunk (`what_if_attention_term` in scripts/fidelity.py; a proposal, not in "
              "sliceserve/latency_model.py).", "",
              "| prefill chunk | measured ms | with the term |", "|---|---:|---:|"]
     lines += [f"| {f['point']} | {f['measured_ms']:.1f} | {f['predicted_ms']:.1f} |"
@@ -214,6 +225,42 @@ def what_if_markdown(what_if: dict[str, Any], rows: list[dict[str, Any]]) -> str
             lines.append(f"| {r['metric'][:-3].upper()} {r['stat']} (ms) | {r['live']:.1f} | "
                          f"{r['sim']:.1f} | {r['sim_over_live']:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def run_live(args: argparse.Namespace, model_args: list[Any], trace: Path,
+             live_path: Path) -> dict[str, Any]:
+    """The live run (retried while other processes take the CPUs); its settings."""
+    rate = (auto_rate(args.workload, args.profile, args.load, args.seed)
+            if args.rate == "auto" else float(args.rate))
+    print(f"rate: {rate} requests/s", file=sys.stderr)
+    attempts = []
+    for attempt in range(1 + args.retries):
+        wait_until_quiet(args.quiet_s, limit_s=3600)
+        load_before = os.getloadavg()[0]
+        started = time.perf_counter()
+        # Profiled in the live run's own process unless told to reuse a profile: processes
+        # differ by up to 8% in prefill speed here (memory placement, the host's load).
+        command = ["run", "-w", args.workload, "-p", args.policy, "--rate", rate,
+                   "-n", args.num_requests, "--seed", args.seed, *model_args,
+                   *(["--latency-model", args.profile] if args.reuse_profile
+                     else ["--profile-out", args.profile]),
+                   "--trace-out", trace, "--out", live_path]
+        share = others_cpu_share(lambda: sliceserve(*command))  # noqa: B023 (called at once)
+        live_wall_s = time.perf_counter() - started
+        load_after = os.getloadavg()[0]
+        attempts.append({"others_cpu_share": round(share, 3), "wall_s": round(live_wall_s, 1)})
+        print(f"live run {attempt + 1}: other processes used {100 * share:.1f}% of the CPUs",
+              file=sys.stderr)
+        if share <= args.max_others_share:
+            break
+    profile = (str(args.profile.relative_to(REPO)) if args.profile.is_relative_to(REPO)
+               else str(args.profile))
+    return {"workload": args.workload, "policy": args.policy, "rate": rate,
+            "num_requests": args.num_requests, "seed": args.seed, "model": args.model,
+            "dtype": args.dtype, "threads": args.threads, "device": args.device,
+            "load": args.load, "profile": profile, "live_wall_s": round(live_wall_s, 1),
+            "load_average_before_after": [round(load_before, 2), round(load_after, 2)],
+            "cpu_count": os.cpu_count(), "live_attempts": attempts}
 
 
 def main() -> None:
@@ -230,14 +277,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--profile", type=Path, default=REPO / "docs/bench/profile_smollm2.json",
-                        help="latency model file: reused when it exists, else profiled here")
-    parser.add_argument("--reprofile", action="store_true", help="profile even if it exists")
+                        help="the latency model file the live run writes (or, with "
+                        "--reuse-profile, reads)")
+    parser.add_argument("--reuse-profile", action="store_true",
+                        help="run with the --profile file instead of profiling in the run")
     parser.add_argument("--out-dir", type=Path, default=REPO / "docs/bench")
     parser.add_argument("--name", default=None, help="default: <workload>_<policy>")
     parser.add_argument("--retries", type=int, default=3,
                         help="rerun the live run when other processes took the CPUs")
     parser.add_argument("--max-others-share", type=float, default=0.05,
                         help="the share of CPU time other processes may use during a live run")
+    parser.add_argument("--compare-only", action="store_true",
+                        help="reuse the trace and live result of an earlier run: simulate and "
+                        "compare again")
     parser.add_argument("--quiet-s", type=float, default=20,
                         help="wait for this long a quiet machine before each live run")
     args = parser.parse_args()
@@ -246,44 +298,20 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     model_args = ["--model", args.model, "--dtype", args.dtype, "--threads", args.threads,
                   "--device", args.device]
-    if args.reprofile or not args.profile.exists():
+    if not args.compare_only and not args.profile.exists():  # to choose the rate
         wait_until_quiet(args.quiet_s, limit_s=3600)
-        sliceserve("profile", *model_args, "--out", args.profile,
-                   "--plot", args.profile.with_suffix(".png"))
-        write_profile_markdown(args.profile)
-    args.rate = (auto_rate(args.workload, args.profile, args.load, args.seed)
-                 if args.rate == "auto" else float(args.rate))
-    print(f"rate: {args.rate} requests/s", file=sys.stderr)
+        sliceserve("profile", *model_args, "--out", args.profile)
     trace, live_path = out / f"fidelity_{name}.trace.jsonl", out / f"fidelity_{name}.live.json"
-    sim_path = out / f"fidelity_{name}.sim.json"
-    attempts = []
-    for attempt in range(1 + args.retries):
-        wait_until_quiet(args.quiet_s, limit_s=3600)
-        load_before = os.getloadavg()[0]
-        started = time.perf_counter()
-        share = others_cpu_share(lambda: sliceserve(
-            "run", "-w", args.workload, "-p", args.policy, "--rate", args.rate,
-            "-n", args.num_requests, "--seed", args.seed, *model_args,
-            "--latency-model", args.profile, "--trace-out", trace, "--out", live_path))
-        live_wall_s = time.perf_counter() - started
-        load_after = os.getloadavg()[0]
-        attempts.append({"others_cpu_share": round(share, 3), "wall_s": round(live_wall_s, 1)})
-        print(f"live run {attempt + 1}: other processes used {100 * share:.1f}% of the CPUs",
-              file=sys.stderr)
-        if share <= args.max_others_share:
-            break
+    sim_path, result_path = out / f"fidelity_{name}.sim.json", out / f"fidelity_{name}.json"
+    if args.compare_only:
+        settings = json.loads(result_path.read_text())["settings"]
+    else:
+        settings = run_live(args, model_args, trace, live_path)
+        write_profile_report(args.profile)
     sliceserve("simulate", "-w", trace, "-p", args.policy, "--latency-model", args.profile,
                "--out", sim_path)
     live, sim = (json.loads(p.read_text()) for p in (live_path, sim_path))
     rows = compare(live, sim)
-    settings = {"workload": args.workload, "policy": args.policy, "rate": args.rate,
-                "num_requests": args.num_requests, "seed": args.seed, "model": args.model,
-                "dtype": args.dtype, "threads": args.threads, "device": args.device,
-                "load": args.load,
-                "profile": str(args.profile.relative_to(REPO)) if args.profile.is_relative_to(
-                    REPO) else str(args.profile), "live_wall_s": round(live_wall_s, 1),
-                "load_average_before_after": [round(load_before, 2), round(load_after, 2)],
-                "cpu_count": os.cpu_count(), "live_attempts": attempts}
     worst = max(abs(r["sim_over_live"] - 1) for r in rows
                 if r["compared"] and r["sim_over_live"] is not None)
     result = {"settings": settings, "worst_relative_difference": worst,
@@ -292,7 +320,7 @@ def main() -> None:
     what_if_rows = compare(live, what_if.pop("run"))
     result["what_if_attention_term"] = {**what_if, "comparison": [
         r for r in what_if_rows if r["scope"] == "overall"]}
-    (out / f"fidelity_{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    result_path.write_text(json.dumps(result, indent=1) + "\n")
     text = markdown(rows, live, sim, settings) + what_if_markdown(what_if, what_if_rows)
     (out / f"fidelity_{name}.md").write_text(text)
     print(text)

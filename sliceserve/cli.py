@@ -321,8 +321,6 @@ def profile(
     plot: PlotOpt = None,
 ) -> None:
     """Measure decode and prefill latency on this device and fit the latency model."""
-    from tqdm import tqdm
-
     from sliceserve.bench import profile_report as report
     from sliceserve.model import profiler
 
@@ -334,16 +332,8 @@ def profile(
     settings = dict(profiler.QUICK) if quick else {}
     if repeats is not None:
         settings["repeats"] = repeats
-    with tqdm(desc="profile", unit="it", disable=None, file=sys.stderr) as bar:
-        def progress(done: int, total: int, what: str) -> None:
-            bar.total = total
-            bar.set_postfix_str(what)
-            bar.update(done - bar.n)
-
-        measured = profiler.profile_runner(runner, model=name, progress=progress, **settings)
-    fitted = profiler.fit_latency_model(
-        measured, profiler.model_name(name, key), key.device, name,
-        notes="quick calibration;" if quick else "sliceserve profile;")
+    measured, fitted = _measure(runner, name, settings,
+                                "quick calibration;" if quick else "sliceserve profile;")
     console = _console()
     for table in (report.decode_table(measured, fitted), report.prefill_table(measured, fitted),
                   report.model_table(fitted, measured)):
@@ -390,6 +380,10 @@ def run(
     out: Annotated[Path | None, typer.Option(help="write the result JSON here")] = None,
     trace_out: Annotated[Path | None, typer.Option(
         help="write the exact requests as a .jsonl trace (`simulate -w` replays it)")] = None,
+    profile_out: Annotated[Path | None, typer.Option(
+        help="profile the model in this process first, run with that latency model and write "
+        "it here (JSON; raw points beside it): a replay of the trace then simulates the very "
+        "device state the run had")] = None,
     table: Annotated[bool, typer.Option(help="print the console table")] = True,
 ) -> None:
     """Serve a workload on the real engine, arrivals in wall time: a table and a result JSON."""
@@ -403,6 +397,8 @@ def run(
     _check_model_options(dtype, threads, kv_cache_gb)
     if trace_out is not None and trace_out.suffix != ".jsonl":
         raise BadInput(f"--trace-out must name a .jsonl file, got {trace_out}")
+    if profile_out is not None and latency_model is not None:
+        raise BadInput("give --latency-model or --profile-out, not both")
     if rate is not None and is_trace_path(workload):
         print("note: a trace replays its own arrival times; --rate is ignored", file=sys.stderr)
     options = parse_policy_options(policy_option or [], [policy])[policy]
@@ -415,10 +411,19 @@ def run(
                  **traffic_args)
     from sliceserve.engine.build import build_engine
 
+    if profile_out is not None:  # a stand-in until this process's profile replaces it
+        given_model = LatencyModel.load("paper")
     engine = build_engine(model, policy, options, dtype=dtype, device=device,
                           kv_cache_memory_gb=kv_cache_gb, num_threads=threads,
                           latency_model=given_model)
     model_lm = engine.latency_model
+    if profile_out is not None:
+        from sliceserve.bench import profile_report as report
+
+        measured, model_lm = _measure(engine.runner, engine.model_name, {},
+                                      "sliceserve run --profile-out;")
+        _write(profile_out, report.latency_model_json(model_lm))
+        _write(report.points_path(profile_out), report.points_json(measured, model_lm))
     traffic = make_traffic(workload, latency_model=model_lm, **traffic_args)
     if trace_out is not None:
         _write_trace(traffic, trace_out)
@@ -457,6 +462,25 @@ def _load_runner(model: str | None, dtype: str, device: str, threads: int | None
     runner = ModelRunner(folder, RunnerConfig(dtype=dtype, device=device, num_threads=threads,
                                               kv_cache_memory_gb=kv_cache_gb))
     return runner, DEFAULT_MODEL if model is None else str(model)
+
+
+def _measure(runner: Any, name: str, settings: dict[str, Any], notes: str) -> tuple[Any, Any]:
+    """Profile `runner` (a progress bar on stderr) and fit: (Profile, LatencyModel)."""
+    from tqdm import tqdm
+
+    from sliceserve.model import profiler
+
+    key = profiler.profile_key(runner, name)
+    with tqdm(desc="profile", unit="it", disable=None, file=sys.stderr) as bar:
+        def progress(done: int, total: int, what: str) -> None:
+            bar.total = total
+            bar.set_postfix_str(what)
+            bar.update(done - bar.n)
+
+        measured = profiler.profile_runner(runner, model=name, progress=progress, **settings)
+    fitted = profiler.fit_latency_model(measured, profiler.model_name(name, key), key.device,
+                                        name, notes=notes)
+    return measured, fitted
 
 
 def _write_trace(traffic: Any, path: Path) -> None:

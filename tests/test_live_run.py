@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from sliceserve.bench.live import live_requests, serve_live, trace_lines
+from sliceserve.bench.profile_report import points_path
 from sliceserve.cli import main
 from sliceserve.clock import WallClock
 from sliceserve.metrics.results import load_results
@@ -148,6 +149,23 @@ def test_profile_writes_a_plot_and_run_without_a_latency_model_calibrates(
     assert len(list((tmp_path / "cache" / "profiles").glob("*.json"))) == 1
 
 
+def test_run_can_profile_in_its_own_process_first(
+        tiny_folder: Path, workload_file: Path, tmp_path: Path, capsys) -> None:
+    profile, out = tmp_path / "p.json", tmp_path / "live.json"
+    code, _, err = run_cli(capsys, "run", "-w", workload_file, "-p", "vllm", "-n", "3",
+                           "--rate", "50", "--model", tiny_folder, "--dtype", "float32",
+                           "--kv-cache-gb", "0.05", "--no-table", "--profile-out", profile,
+                           "--out", out)
+    assert code == 0, err
+    from sliceserve.latency_model import LatencyModel
+
+    (run,) = load_results(out)
+    model = LatencyModel.load(str(profile))
+    assert run["latency_model"] == model.name and "--profile-out" in model.notes
+    points = json.loads(points_path(profile).read_text())
+    assert len(points["fit"]) == len(points["profile"]["points"]) > 20
+
+
 @pytest.mark.parametrize("args", [
     ["profile", "--dtype", "int8"],
     ["profile", "--threads", "0"],
@@ -160,6 +178,7 @@ def test_profile_writes_a_plot_and_run_without_a_latency_model_calibrates(
     ["run", "-w", "edge", "-p", "slice", "--latency-model", "/no/such.json"],
     ["run", "-w", "edge", "-p", "slice", "--model", "/no/such/model"],
     ["run", "-w", "edge", "-p", "slice", "--policy-option", "nope=1"],
+    ["run", "-w", "edge", "-p", "slice", "--latency-model", "paper", "--profile-out", "p.json"],
 ])
 def test_bad_input_is_one_error_line_and_exit_2(capsys, args: list[str]) -> None:
     code, out, err = run_cli(capsys, *args)
