@@ -24,6 +24,7 @@ import numpy as np
 from sliceserve.clock import WallClock
 from sliceserve.config import SchedulerConfig
 from sliceserve.core.scheduler import Scheduler
+from sliceserve.engine.arrivals import serve_arrivals
 from sliceserve.engine.engine import Engine, Executor
 from sliceserve.latency_model import LatencyModel
 from sliceserve.metrics.results import build_run
@@ -33,7 +34,6 @@ from sliceserve.request import Request, SamplingParams
 from sliceserve.workloads import RequestSpec, Traffic
 
 SYSTEM = "sliceserve"
-STALL_REASON = "aborted: the policy scheduled nothing while requests were pending"
 # Prompt ids are drawn from the vocabulary above the special tokens of Llama-family
 # tokenizers (which sit at the bottom); `special_ids` removes any others.
 FIRST_REGULAR_TOKEN = 16
@@ -53,40 +53,17 @@ def serve_live(engine: Engine, requests: Sequence[Request], *, max_time_s: float
 
     `max_time_s` bounds the engine clock: requests unfinished then are aborted with a reason.
     """
-    pending = sorted(requests, key=lambda r: r.arrival_s)
     clock = engine.clock
-    i, n, iterations = 0, len(pending), 0
-    while i < n or engine.has_unfinished():
-        now = clock.now()
-        while i < n and pending[i].arrival_s <= now:
-            engine.add_request(pending[i])
-            i += 1
-        if max_time_s is not None and now >= max_time_s:
-            _abort_all(engine, f"aborted: run time limit {max_time_s} s reached")
-            break
-        out = engine.step()
-        if on_step is not None:
-            on_step(engine)
-        if not out.idle:
-            iterations += 1
-        elif i < n:
-            sleep(max(0.0, min(pending[i].arrival_s - clock.now(), 0.5)))
-        elif engine.has_unfinished():
-            _abort_all(engine, STALL_REASON)
-    scheduler = engine.scheduler
-    for request in pending[i:]:  # arrivals after the time limit still count: aborted at once
-        scheduler.add_request(request, request.arrival_s)
-        scheduler.abort(request.request_id, request.arrival_s,
-                        f"aborted: run time limit {max_time_s} s reached")
+
+    def wait_until(t_s: float) -> None:  # in short naps: requests may be added meanwhile
+        sleep(max(0.0, min(t_s - clock.now(), 0.5)))
+
+    pending, iterations = serve_arrivals(
+        engine, requests, wait_until, max_time_s=max_time_s, on_step=on_step,
+        limit_reason=f"aborted: run time limit {max_time_s} s reached")
     end = max((r.finish_s or 0.0 for r in pending), default=0.0)
     last_arrival = max((r.arrival_s for r in pending), default=0.0)
     return LiveResult(pending, max(end, last_arrival), iterations)
-
-
-def _abort_all(engine: Engine, reason: str) -> None:
-    scheduler = engine.scheduler
-    for request in [*scheduler.running, *scheduler.waiting]:
-        engine.abort(request.request_id, reason)
 
 
 # --- requests with token ids ---
