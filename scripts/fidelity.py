@@ -11,9 +11,11 @@ Steps, each through the `sliceserve` command line a user would run:
     a rate that keeps the device about half busy. Before it, wait for a quiet machine; after
     it, rerun if other processes took more than 5% of the CPUs meanwhile;
  2. `sliceserve simulate --workload TRACE --latency-model PROFILE`: the same requests;
- 3. p50 / p90 of TTFT, TPOT and E2E, live vs simulated, overall and per class, and the same
-    with a proposed prefill attention term (`what_if_attention_term`): written to
+ 3. p50 / p90 of TTFT, TPOT and E2E, live vs simulated, overall and per class: written to
     docs/bench/fidelity_<name>.json and .md. Target: p50 and p90 of TTFT and TPOT within 10%.
+The latency model fitted in step 1 has the prefill attention term
+(`prefill_attention_ms_per_pair`), so the live run's policy, the simulated one and the
+simulator's executor all plan and charge prompt chunks with it.
 """
 
 from __future__ import annotations
@@ -102,67 +104,6 @@ def write_profile_report(profile: Path) -> None:
     plot_profile(points, model, profile.with_suffix(".png"))
 
 
-def attention_pairs(new: int, cached: int) -> float:
-    """Query-key pairs of causal attention for `new` tokens after `cached` ones."""
-    return new * (cached + (new + 1) / 2)
-
-
-def what_if_attention_term(trace: Path, policy: str, profile: Path) -> dict[str, Any]:
-    """The simulated run if the latency model had a prefill attention term (a proposal for
-    sliceserve/latency_model.py, not part of it): a chunk of n new tokens after c cached ones
-    adds q * n * (c + (n + 1) / 2) ms, the query-key pairs of causal attention, whose
-    quadratic cost the linear prefill term cannot represent (for a decode row, n = 1, the
-    same count is its context: c + 1). q and the prefill slope are refitted to the profile's prefill
-    points; the simulator's executor is swapped for one that adds the term (the policy still
-    plans with the linear model, as the live run did)."""
-    import dataclasses
-
-    import numpy as np
-
-    sys.path.insert(0, str(REPO))
-    import sliceserve.sim.simulator as simulator
-    from sliceserve.bench.profile_report import points_path
-    from sliceserve.core.plan import ExecuteResult, Plan
-    from sliceserve.latency_model import LatencyModel
-    from sliceserve.model.profile_fit import Profile
-    from sliceserve.sim.run import simulate_run
-    from sliceserve.sim.sim_executor import SimExecutor
-
-    model = LatencyModel.load(str(profile))
-    points = Profile.from_dict(json.loads(points_path(profile).read_text())["profile"])
-    d1, ctx = model.decode_ms[0], model.context_ms_per_token
-    rows, ys, ws = [], [], []
-    for p in points.of_kind("prefill"):
-        n, c = p.prefill_tokens, p.prefill_context_tokens
-        rows.append([n - 1, attention_pairs(n, c)])
-        ys.append(p.ms - d1 - ctx * (c + n))
-        ws.append(1.0 / p.ms)
-    a, y = np.array(rows) * np.array(ws)[:, None], np.array(ys) * np.array(ws)
-    prefill_ms, q = (max(0.0, float(v)) for v in np.linalg.lstsq(a, y, rcond=None)[0])
-
-    class AttentionExecutor(SimExecutor):
-        def execute(self, plan: Plan) -> ExecuteResult:
-            result = super().execute(plan)
-            extra_ms = q * sum(attention_pairs(c.num_new_tokens, c.num_computed_tokens)
-                               for c in plan.chunks if c.num_new_tokens > 1)
-            return ExecuteResult(result.token_ids, result.duration_s + extra_ms / 1000.0)
-
-    original = simulator.SimExecutor
-    simulator.SimExecutor = AttentionExecutor  # type: ignore[misc]
-    try:
-        run = simulate_run(str(trace), policy, latency_model=dataclasses.replace(
-            model, prefill_ms_per_token=prefill_ms))
-    finally:
-        simulator.SimExecutor = original  # type: ignore[misc]
-    fit = [{"point": p.label(), "measured_ms": round(p.ms, 1), "predicted_ms": round(
-        d1 + prefill_ms * (p.prefill_tokens - 1) + ctx * (p.prefill_context_tokens
-                                                          + p.prefill_tokens)
-        + q * attention_pairs(p.prefill_tokens, p.prefill_context_tokens), 1)}
-        for p in points.of_kind("prefill")]
-    return {"prefill_ms_per_token": prefill_ms, "attention_ms_per_token2": q,
-            "prefill_fit": fit, "run": run}
-
-
 def compare(live: dict[str, Any], sim: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows of (scope, metric, stat, live, sim, sim/live) for overall and every class."""
     rows = []
@@ -206,24 +147,6 @@ def markdown(rows: list[dict[str, Any]], live: dict[str, Any], sim: dict[str, An
               f"{sim['duration_s']:.1f} s, {100 * sim['summary']['slo_attainment']:.1f}%. "
               f"Other processes used {100 * settings['live_attempts'][-1]['others_cpu_share']:.1f}%"
               f" of the CPUs during the live run (attempt {len(settings['live_attempts'])})."]
-    return "\n".join(lines) + "\n"
-
-
-def what_if_markdown(what_if: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    lines = ["", "## What if the latency model had a prefill attention term", "",
-             f"Refitted: prefill {what_if['prefill_ms_per_token']:.3f} ms/token + "
-             f"{what_if['attention_ms_per_token2']:.2e} ms x new x (cached + (new + 1) / 2) "
-             "per chunk (`what_if_attention_term` in scripts/fidelity.py; a proposal, not in "
-             "sliceserve/latency_model.py).", "",
-             "| prefill chunk | measured ms | with the term |", "|---|---:|---:|"]
-    lines += [f"| {f['point']} | {f['measured_ms']:.1f} | {f['predicted_ms']:.1f} |"
-              for f in what_if["prefill_fit"]]
-    lines += ["", "| metric | live | simulated with the term | sim / live |",
-              "|---|---:|---:|---:|"]
-    for r in rows:
-        if r["scope"] == "overall" and r["compared"]:
-            lines.append(f"| {r['metric'][:-3].upper()} {r['stat']} (ms) | {r['live']:.1f} | "
-                         f"{r['sim']:.1f} | {r['sim_over_live']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -316,12 +239,8 @@ def main() -> None:
                 if r["compared"] and r["sim_over_live"] is not None)
     result = {"settings": settings, "worst_relative_difference": worst,
               "within_target": worst <= TARGET, "comparison": rows}
-    what_if = what_if_attention_term(trace, args.policy, args.profile)
-    what_if_rows = compare(live, what_if.pop("run"))
-    result["what_if_attention_term"] = {**what_if, "comparison": [
-        r for r in what_if_rows if r["scope"] == "overall"]}
     result_path.write_text(json.dumps(result, indent=1) + "\n")
-    text = markdown(rows, live, sim, settings) + what_if_markdown(what_if, what_if_rows)
+    text = markdown(rows, live, sim, settings)
     (out / f"fidelity_{name}.md").write_text(text)
     print(text)
 

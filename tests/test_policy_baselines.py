@@ -362,3 +362,19 @@ def test_edf_without_preempt_to_admit_only_running_requests_preempt() -> None:
           make_request("small", 0.0, prompt=2, max_tokens=1, ttft_ms=200.0))  # would fit
     plan = h.step()  # urgent waits for memory, and nobody due later overtakes it
     assert ids(plan) == ["lazy"] and not plan.preempted_ids
+
+
+def test_fastserve_predicts_prompts_and_charges_chunks_with_the_attention_term() -> None:
+    # SIMPLE plus 0.01 ms per query-key pair: prefill_ms(6) = 5 + 5 + 0.01 x 21 > 10 ms.
+    curved = LatencyModel(name="curved", decode_ms=(5.0, 9.0, 12.0), decode_slope_ms=3.0,
+                          prefill_ms_per_token=1.0, prefill_attention_ms_per_pair=0.01)
+    h = Harness("fastserve", latency=curved)
+    policy = h.policy
+    assert isinstance(policy, FastServePolicy)
+    h.add(make_request("p5", prompt=5), make_request("p6", prompt=6, max_tokens=100))
+    assert (policy.level_of("p5"), policy.level_of("p6")) == (0, 1)
+    # The predicted service is the simulated duration: one 11-token iteration of two prompts
+    # (5 + 6 tokens, 15 + 21 pairs) takes 9 + 9 + 0.36 ms, which uses up p5's 10 ms quantum.
+    h.step()
+    assert h.now_s == pytest.approx((9.0 + 9.0 + 0.01 * 36) / 1000)
+    assert (policy.level_of("p5"), policy.level_of("p6")) == (1, 1)

@@ -269,3 +269,24 @@ def test_leftovers_never_start_a_request_that_can_still_be_selected() -> None:
     simulate([*rows, waiting], policy, PAPER, cfg, on_step=check)
     assert not started_unselected
     assert all(met(r) for r in [*rows, waiting])
+
+
+def test_selection_prices_a_prompt_with_its_attention_pairs() -> None:
+    from sliceserve.policies.slice import SliceOptions
+    from sliceserve.policies.slice_select import Selector
+
+    curved = LatencyModel("curved", PAPER.decode_ms, PAPER.decode_slope_ms,
+                          PAPER.prefill_ms_per_token, prefill_attention_ms_per_pair=1e-3)
+    cfg = SchedulerConfig.for_capacity(32768)
+    linear, with_term = Selector(SliceOptions(), PAPER, cfg), Selector(SliceOptions(), curved, cfg)
+    r = req(prompt=256)
+    assert with_term.assess(r, 0.0).charge_ms == pytest.approx(
+        linear.assess(r, 0.0).charge_ms + 1e-3 * 256 * 257 / 2)
+    # Half the prompt cached: the rest attends to it too.
+    r.num_computed_tokens = 128
+    assert with_term.assess(r, 0.0).charge_ms == pytest.approx(
+        linear.assess(r, 0.0).charge_ms + 1e-3 * 128 * (128 + 129 / 2))
+    # A 1000-token prompt: 214 ms on the linear model, within a 450 ms TTFT; with its 0.5 s
+    # of attention, not any more.
+    long = req(prompt=1000, ttft_ms=450)
+    assert linear.assess(long, 0.0).feasible and not with_term.assess(long, 0.0).feasible

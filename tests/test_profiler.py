@@ -3,6 +3,7 @@ shape that fits its cache, and the profile of a model on a device is cached."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from sliceserve.model.profile_fit import (
     decode_table,
     fit_errors,
     fit_latency_model,
+    fit_prefill,
 )
 from sliceserve.model.profiler import (
     cached_profile_path,
@@ -68,6 +70,35 @@ def test_the_fit_recovers_a_synthetic_latency_model() -> None:
     assert len(errors) == 16 + 6 + 2 and max(abs(e.error) for e in errors) < 1e-9
     for k in (40, 64):  # beyond the table: the extrapolation of the truth
         assert fitted.decode_latency_ms(k) == pytest.approx(truth.decode_latency_ms(k))
+
+
+def test_the_fit_recovers_a_prefill_attention_term() -> None:
+    truth = dataclasses.replace(true_model(), prefill_attention_ms_per_pair=5e-4)
+    profile = synthetic_profile(truth)
+    fitted = fit_latency_model(profile, "fit")
+    assert fitted.prefill_attention_ms_per_pair == pytest.approx(5e-4)
+    assert fitted.prefill_ms_per_token == pytest.approx(0.3)
+    assert fitted.context_ms_per_token == pytest.approx(0.002)
+    # Every point, the later chunk and the mixed iterations too, to rounding.
+    assert max(abs(e.error) for e in fit_errors(profile, fitted)) < 1e-9
+    # The linear model of the same points misses the curve: long prompts cost more per token.
+    linear = dataclasses.replace(fitted, prefill_attention_ms_per_pair=0.0)
+    assert max(abs(e.error) for e in fit_errors(profile, linear)) > 0.1
+
+
+def test_without_a_curve_the_prefill_fit_stays_linear() -> None:
+    def prefill(n: int, ms: float, after: int = 0) -> ProfilePoint:
+        return ProfilePoint("prefill", 0, 0, n, ms, (), after)
+
+    # A straight line (no attention cost) and a concave one (q would be negative): q = 0.
+    line = [prefill(n, 10.0 + 0.3 * (n - 1)) for n in (32, 128, 512)]
+    assert fit_prefill(line, 10.0, 0.0) == pytest.approx((0.3, 0.0))
+    concave = [prefill(32, 30.0), prefill(128, 60.0), prefill(512, 150.0)]
+    per_token, per_pair = fit_prefill(concave, 10.0, 0.0)
+    assert per_pair == 0.0 and per_token > 0
+    # One prompt shape cannot tell the two terms apart; no prompts at all fit nothing.
+    assert fit_prefill([prefill(64, 40.0)], 10.0, 0.0) == pytest.approx((30.0 / 63, 0.0))
+    assert fit_prefill([], 10.0, 0.0) == (0.0, 0.0)
 
 
 def test_the_fit_error_names_a_point_that_misses() -> None:
@@ -162,13 +193,16 @@ def test_latency_model_for_calibrates_once_then_reads_the_cache(
     calibrated = latency_model_for(runner, "tiny")
     assert path.exists() and calibrated.decode_ms[0] > 0
 
-    # The second call must come from the file: mark it and look for the mark.
+    # The second call must come from the file: mark it and look for the mark. The file is
+    # made to look like one cached before the prefill attention term existed.
     data = json.loads(path.read_text())
     data["latency_model"]["decode_slope_ms"] = 123.25
+    del data["latency_model"]["prefill_attention_ms_per_pair"]
     path.write_text(json.dumps(data))
     smaller = tiny_runner(tiny_folder, num_kv_blocks=100)  # capacity is the runner's own
     cached = latency_model_for(smaller, "tiny")
     assert cached.decode_slope_ms == 123.25 and cached.kv_capacity_tokens == 100 * 16
+    assert cached.prefill_attention_ms_per_pair == 0.0
     assert cached.decode_ms == calibrated.decode_ms
 
     path.write_text("{ not json")  # a corrupt cache costs a calibration, not an error

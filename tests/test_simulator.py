@@ -57,6 +57,23 @@ def test_sim_executor_charges_context_of_computed_and_new_tokens() -> None:
     assert SimExecutor(model).execute(plan).duration_s == pytest.approx((10.0 + 0.5 * 9) / 1000)
 
 
+def test_sim_executor_charges_the_attention_pairs_of_prompt_chunks() -> None:
+    model = LatencyModel(name="q", decode_ms=(10.0, 16.0), decode_slope_ms=5.0,
+                         prefill_ms_per_token=1.0, context_ms_per_token=0.5,
+                         prefill_attention_ms_per_pair=0.01)
+    a, b = make_request("a", prompt=8), make_request("b", prompt=40)
+    plan = Plan(now_s=0.0, chunks=(
+        ScheduledChunk(a, 1, 8, True, (0, 1, 2)),  # a decode row: its context term only
+        ScheduledChunk(b, 16, 24, True, tuple(range(3, 13))),  # the last chunk of a prompt
+    ))
+    pairs = 16 * (24 + 17 / 2)  # each new token sees the 24 cached ones and itself and before
+    ms = 16.0 + 1.0 * (17 - 2) + 0.5 * (9 + 40) + 0.01 * pairs
+    assert SimExecutor(model).execute(plan).duration_s == pytest.approx(ms / 1000)
+    linear = SimExecutor(LatencyModel(name="q0", decode_ms=(10.0, 16.0), decode_slope_ms=5.0,
+                                      prefill_ms_per_token=1.0, context_ms_per_token=0.5))
+    assert linear.execute(plan).duration_s == (16.0 + 1.0 * 15 + 0.5 * 49) / 1000
+
+
 def test_single_request_timeline_is_exact() -> None:
     r = make_request("a", arrival_s=2.0, prompt=8, max_tokens=3)
     result = simulate([r], orca(), LATENCY, CONFIG)

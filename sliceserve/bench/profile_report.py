@@ -85,6 +85,7 @@ def model_table(model: LatencyModel, profile: Profile) -> Table:
     table.add_row("decode_slope_ms (per row beyond the table)", f"{model.decode_slope_ms:.2f}")
     table.add_row("prefill_ms_per_token", f"{model.prefill_ms_per_token:.3f}")
     table.add_row("context_ms_per_token", f"{model.context_ms_per_token:.5f}")
+    table.add_row("prefill_attention_ms_per_pair", f"{model.prefill_attention_ms_per_pair:.3e}")
     table.add_row("kv_capacity_tokens", str(model.kv_capacity_tokens))
     table.add_row("|fit error| median / max",
                   f"{100 * errors[len(errors) // 2]:.1f}% / {100 * errors[-1]:.1f}%")
@@ -167,5 +168,6 @@ def profile_markdown(profile: Profile, model: LatencyModel) -> str:
     lines += ["", f"Fitted: decode_ms(1) {model.decode_ms[0]:.1f}, decode_ms({top}) "
               f"{model.decode_ms[-1]:.1f}, slope {model.decode_slope_ms:.2f} ms/row, prefill "
               f"{model.prefill_ms_per_token:.3f} ms/token, context "
-              f"{model.context_ms_per_token:.5f} ms/token; {model.notes}"]
+              f"{model.context_ms_per_token:.5f} ms/token, prefill attention "
+              f"{model.prefill_attention_ms_per_pair:.3e} ms per query-key pair; {model.notes}"]
     return "\n".join(lines) + "\n"

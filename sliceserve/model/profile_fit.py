@@ -3,8 +3,10 @@
 The latency model of the core (sliceserve/latency_model.py) predicts one iteration as
 
     decode_ms(rows) + prefill_ms_per_token * (new_tokens - rows) + context_ms_per_token * context
+        + prefill_attention_ms_per_pair * pairs
 
-where `context` counts, as the simulator's executor does, every chunk's computed + new tokens.
+where `context` counts, as the simulator's executor does, every chunk's computed + new tokens,
+and `pairs` the causal query-key pairs of the prompt chunk (`chunk_pairs`).
 The fit separates those terms from three kinds of measured points:
 
 - decode: `batch_size` rows each decoding one token over `context_tokens` of KV;
@@ -23,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
-from sliceserve.latency_model import LatencyModel
+from sliceserve.latency_model import LatencyModel, chunk_pairs
 
 PointKind = Literal["decode", "prefill", "mixed"]
 POINT_KINDS: tuple[str, ...] = ("decode", "prefill", "mixed")
@@ -78,8 +80,13 @@ class ProfilePoint:
         return (self.batch_size * (self.context_tokens + 1) + self.prefill_context_tokens
                 + self.prefill_tokens)
 
+    @property
+    def attention_pairs(self) -> float:
+        return chunk_pairs(self.prefill_tokens, self.prefill_context_tokens)
+
     def predicted_ms(self, model: LatencyModel) -> float:
-        return model.iteration_ms(self.num_rows, self.num_new_tokens, self.num_context_tokens)
+        return model.iteration_ms(self.num_rows, self.num_new_tokens, self.num_context_tokens,
+                                  self.attention_pairs)
 
     def label(self) -> str:
         parts = []
@@ -149,9 +156,10 @@ def fit_latency_model(profile: Profile, name: str, device: str = "", model: str 
         raise ProfileError("profile: the fit needs decode points at batch size 1")
     context_ms, base = fit_decode(decode)
     table = decode_table(base)
-    prefill_ms = fit_prefill_ms_per_token(profile.of_kind("prefill"), table[0], context_ms)
+    prefill_ms, pair_ms = fit_prefill(profile.of_kind("prefill"), table[0], context_ms)
     fitted = LatencyModel(name=name, decode_ms=tuple(table), decode_slope_ms=tail_slope(base),
                           prefill_ms_per_token=prefill_ms, context_ms_per_token=context_ms,
+                          prefill_attention_ms_per_pair=pair_ms,
                           kv_capacity_tokens=profile.kv_capacity_tokens, device=device,
                           model=model)
     errors = [abs(e.error) for e in fit_errors(profile, fitted)]
@@ -226,21 +234,52 @@ def tail_slope(base: dict[int, float]) -> float:
     return max(0.0, sum((b - mean_b) * (base[b] - mean_ms) for b in tail) / den)
 
 
+def fit_prefill(points: Sequence[ProfilePoint], decode_1_ms: float,
+                context_ms: float) -> tuple[float, float]:
+    """(prefill_ms_per_token, prefill_attention_ms_per_pair) for prefill chunks alone:
+    ms(n after c) = decode_ms(1) + pf * (n - 1) + ctx * (c + n) + q * chunk_pairs(n, c), with
+    the intercept and context term already fixed by the decode points. Least squares of
+    relative error (a TTFT of a short prompt matters as much as a long one's). Causal
+    attention makes long prompts and later chunks cost more per token than short ones; when
+    the points show no such curve (q <= 0), need a negative pf for it, or cannot tell the two
+    terms apart (a single prompt shape), the linear fit with q = 0."""
+    xx = xz = zz = xy = zy = 0.0  # weighted sums of the normal equations, x: n - 1, z: pairs
+    top_pairs = top_ms = 0.0
+    for p in points:
+        x, z = p.prefill_tokens - 1, p.attention_pairs
+        top_pairs, top_ms = max(top_pairs, z), max(top_ms, p.ms)
+        y = _prefill_residual_ms(p, decode_1_ms, context_ms)
+        w = 1.0 / (p.ms * p.ms)
+        xx, xz, zz = xx + w * x * x, xz + w * x * z, zz + w * z * z
+        xy, zy = xy + w * x * y, zy + w * z * y
+    det = xx * zz - xz * xz
+    if det > 1e-9 * xx * zz:  # not (nearly) collinear: at least two distinct prompt shapes
+        per_token, per_pair = (zz * xy - xz * zy) / det, (xx * zy - xz * xy) / det
+        # (a q explaining under a billionth of the largest point is rounding noise)
+        if per_pair * top_pairs > 1e-9 * top_ms and per_token >= 0:
+            return per_token, per_pair
+    return fit_prefill_ms_per_token(points, decode_1_ms, context_ms), 0.0
+
+
 def fit_prefill_ms_per_token(points: Sequence[ProfilePoint], decode_1_ms: float,
                              context_ms: float) -> float:
-    """Least squares of relative error for prefill chunks alone: ms(n after c) = decode_ms(1)
-    + pf * (n - 1) + ctx * (c + n), with the intercept and context term already fixed by the
-    decode points. Relative weights: a TTFT of a short prompt matters as much as a long one's.
-    Later chunks of a prompt (c > 0) attend to what came before, which the model can only
-    spread over pf: they pull it up, as they do in a run with chunked prefill."""
+    """The linear fit of `fit_prefill` (q = 0): ms(n after c) = decode_ms(1) + pf * (n - 1)
+    + ctx * (c + n). Without the attention term later chunks of a prompt (c > 0), which attend
+    to what came before, can only spread it over pf: they pull it up, as they do in a run with
+    chunked prefill."""
     num = den = 0.0
     for p in points:
         x = p.prefill_tokens - 1
-        y = p.ms - decode_1_ms - context_ms * (p.prefill_context_tokens + p.prefill_tokens)
+        y = _prefill_residual_ms(p, decode_1_ms, context_ms)
         w = 1.0 / (p.ms * p.ms)
         num += w * x * y
         den += w * x * x
     return max(0.0, num / den) if den > 0 else 0.0
+
+
+def _prefill_residual_ms(p: ProfilePoint, decode_1_ms: float, context_ms: float) -> float:
+    """What a prefill point leaves for the prefill and attention terms to explain."""
+    return p.ms - decode_1_ms - context_ms * (p.prefill_context_tokens + p.prefill_tokens)
 
 
 def fit_errors(profile: Profile | Iterable[ProfilePoint], model: LatencyModel) -> list[FitError]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sliceserve.config import SchedulerConfig
-from sliceserve.latency_model import LatencyModel
+from sliceserve.latency_model import LatencyModel, chunk_pairs
 from sliceserve.policies.base import (
     Budget,
     Decision,
@@ -189,10 +189,12 @@ class FastServePolicy(Policy):
         """Charge the batch's predicted duration, demote, admit; check starvation."""
         num_tokens = 0
         num_context = 0
+        pairs = 0.0
         for job, num_new in batch:
             num_tokens += num_new
             num_context += job.request.num_computed_tokens + num_new
-        duration_ms = self.latency_model.iteration_ms(len(batch), num_tokens, num_context)
+            pairs += chunk_pairs(num_new, job.request.num_computed_tokens)
+        duration_ms = self.latency_model.iteration_ms(len(batch), num_tokens, num_context, pairs)
         last_level = len(self.quanta_ms) - 1
         for job, _ in batch:
             job.last_service_s = now_s

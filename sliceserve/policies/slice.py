@@ -366,7 +366,7 @@ class SlicePolicy(Policy):
         rows = len(batch)
         extras_left = opts.max_extra_rows
         chunk_left = opts.prefill_chunk_tokens
-        per_token_ms = self.latency_model.prefill_ms_per_token
+        lm = self.latency_model
         spent_ms = 0.0
         for r in chain(self._extras, self._triaged_order):
             if extras_left <= 0 or budget.rows_left <= 0 or budget.tokens_left <= 0:
@@ -379,17 +379,18 @@ class SlicePolicy(Policy):
             if spent_ms + row_ms > allowance_ms:
                 break
             todo = tokens_to_compute(r)
+            cached = r.num_computed_tokens
             n = 1
             if todo > 1:  # a prefill chunk, cut to what the allowance pays for
                 n = min(todo, budget.tokens_left, chunk_left)
-                if per_token_ms > 0 and allowance_ms < math.inf:
-                    n = min(n, 1 + int((allowance_ms - spent_ms - row_ms) / per_token_ms))
+                if allowance_ms < math.inf:
+                    n = min(n, lm.chunk_tokens_within(allowance_ms - spent_ms - row_ms, cached))
             if n >= 1 and add(r, n):
                 rows += 1
                 extras_left -= 1
                 if todo > 1:
                     chunk_left -= n
-                spent_ms += row_ms + per_token_ms * (n - 1)
+                spent_ms += row_ms + lm.chunk_extra_ms(n, cached)
         if self._rows:
             self._bucket_ms -= spent_ms
 

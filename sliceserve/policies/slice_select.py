@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sliceserve.config import SchedulerConfig
-from sliceserve.latency_model import LatencyModel
+from sliceserve.latency_model import LatencyModel, chunk_pairs
 from sliceserve.policies.base import RequestView, tokens_to_compute
 from sliceserve.policies.slice_mask import decode_rate, period_ms, spread_row
 
@@ -62,7 +62,10 @@ class Selector:
         l1 = self._l(1)
         todo = tokens_to_compute(r)
         prefill = todo if todo > 1 else 0
-        prefill_ms = lm.prefill_ms(todo) if prefill else 0.0
+        # The rest of its prompt alone; its attention covers the part already cached too.
+        pairs = chunk_pairs(prefill, r.num_computed_tokens)
+        attention_ms = lm.prefill_attention_ms_per_pair * pairs
+        prefill_ms = lm.iteration_ms(1, todo, todo, pairs) if prefill else 0.0
         rate = decode_rate(self.period_ms, slo.tpot_ms * (1.0 - opts.rate_margin))
         started = r.first_token_s is not None
         owed = r.remaining_output_tokens  # tokens still to produce
@@ -93,8 +96,9 @@ class Selector:
         if opts.aging and not started:
             rank *= min(opts.aging_max_factor, 1.0 + (now_s - r.arrival_s) / opts.aging_time_s)
         if opts.rank == "utility_per_token":
-            rank /= r.remaining_output_tokens + prefill * lm.prefill_ms_per_token / l1
-        charge = (lm.prefill_ms_per_token + lm.context_ms_per_token) * prefill
+            rank /= (r.remaining_output_tokens
+                     + (prefill * lm.prefill_ms_per_token + attention_ms) / l1)
+        charge = (lm.prefill_ms_per_token + lm.context_ms_per_token) * prefill + attention_ms
         lifetime = self.config.blocks_for(r.num_prompt_tokens + r.max_tokens)
         return Candidate(r, rate, tier, rank, prefill, charge, lifetime, feasible)
 
