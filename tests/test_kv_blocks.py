@@ -131,11 +131,47 @@ def test_conservation_under_random_allocate_free_sequence() -> None:
 def test_check_conserved_detects_lost_and_shared_blocks() -> None:
     bm = BlockManager(num_blocks=4, block_size=4)
     bm.allocate(make_request("a"), 4)
-    bm._free.pop()  # a block vanishes
+    lost = bm._is_free.find(1)
+    bm._is_free[lost] = 0  # a block vanishes: neither free nor held
+    bm._num_free -= 1
     with pytest.raises(AssertionError, match="not conserved"):
         bm.check_conserved()
     bm = BlockManager(num_blocks=4, block_size=4)
     bm.allocate(make_request("a"), 4)
-    bm._free.append(bm.block_table("a")[0])  # a block both held and free
+    bm._is_free[bm.block_table("a")[0]] = 1  # a block both held and free
+    bm._num_free += 1
     with pytest.raises(AssertionError, match="not conserved"):
         bm.check_conserved()
+
+
+def test_requests_get_consecutive_blocks_with_room_to_grow() -> None:
+    """Placement: a new request starts where its prompt plus max_tokens fit in one run, so
+    decode-time growth stays consecutive even when requests grow in turn."""
+    bm = BlockManager(num_blocks=64, block_size=4)
+    reqs = [make_request(f"r{i}", prompt=8, max_tokens=16) for i in range(3)]
+    for r in reqs:
+        bm.allocate(r, 8)  # the prompt: 2 blocks
+        r.num_computed_tokens = 8
+    for _ in range(4):  # they decode in turn, a block every 4 tokens
+        for r in reqs:
+            bm.allocate(r, 4)
+            r.num_computed_tokens += 4
+    for r in reqs:
+        table = bm.block_table(r.request_id)
+        assert table == list(range(table[0], table[0] + len(table)))
+    bm.check_conserved()
+
+
+def test_placement_falls_back_to_any_free_blocks() -> None:
+    """With the pool fragmented, an allocation that fits in total still succeeds."""
+    bm = BlockManager(num_blocks=8, block_size=4)
+    reqs = [make_request(f"r{i}") for i in range(8)]
+    for r in reqs:
+        bm.allocate(r, 4)
+    for r in reqs[::2]:
+        bm.free(r.request_id)  # every other block free: no two in a row
+    big = make_request("big")
+    bm.allocate(big, 16)
+    assert sorted(bm.block_table("big")) == [0, 2, 4, 6]
+    assert bm.num_free_blocks == 0
+    bm.check_conserved()

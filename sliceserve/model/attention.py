@@ -193,22 +193,24 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     key_cache: torch.Tensor, value_cache: torch.Tensor,
                     layout: BatchLayout, block_size: int,
                     mask: torch.Tensor | None, decode_kernel: DecodeKernel | None = None,
-                    ) -> torch.Tensor:
+                    kv_stored: bool = False) -> torch.Tensor:
     """q: [T, H, D]; k, v: [T, Hkv, D] (this iteration's); caches: [Hkv, slots, D];
     mask: `row_mask(layout)`, built once per iteration.
 
-    Writes k, v into their slots and returns the attention output [T, H, D].
+    Writes k, v into their slots (unless `kv_stored`: already written) and returns the
+    attention output [T, H, D].
     """
-    key_cache.index_copy_(1, layout.slots, k.transpose(0, 1))
-    value_cache.index_copy_(1, layout.slots, v.transpose(0, 1))
+    if not kv_stored:
+        key_cache.index_copy_(1, layout.slots, k.transpose(0, 1))
+        value_cache.index_copy_(1, layout.slots, v.transpose(0, 1))
     num_heads, head_dim = q.shape[1], q.shape[2]
     num_kv_heads = k.shape[1]
     group = num_heads // num_kv_heads
-    out = torch.empty_like(q)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     rows = layout.num_rows
     if rows and decode_kernel is not None:
         # The CPU kernel reads each row's history in place, through its block table.
-        out[:rows] = decode_kernel(q[:rows].contiguous(), key_cache, value_cache,
+        out[:rows] = decode_kernel(q[:rows], key_cache, value_cache,
                                    layout.row_tables, layout.row_lengths, block_size,
                                    head_dim**-0.5)
     elif rows:

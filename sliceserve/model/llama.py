@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +83,9 @@ class LlamaModel:
         self._check_shapes()
         self.cos, self.sin = cos_sin_table(config, max_positions, dtype, device)
         self.decode_kernel: DecodeKernel | None = None  # set by the runner where it helps
+        # The compiled element-wise steps (kernels/fused_ops.cpp), set by the runner for
+        # bfloat16/float16 on CPU; None runs them as eager PyTorch.
+        self.fused_ops: Any | None = None
         self.q_size = config.num_heads * config.head_dim
         self.kv_size = config.num_kv_heads * config.head_dim
 
@@ -113,6 +117,8 @@ class LlamaModel:
 
     def forward(self, layout: BatchLayout, cache: KVCache) -> torch.Tensor:
         """Run all tokens; return the final hidden states of the sampling tokens [S, hidden]."""
+        if self.fused_ops is not None:
+            return self._forward_fused(layout, cache)
         c = self.config
         eps = c.rms_norm_eps
         hidden = F.embedding(layout.input_ids, self.embed)  # [T, hidden]
@@ -135,6 +141,39 @@ class LlamaModel:
             x = _rms_norm(hidden, w.post_norm, eps)
             gate, up = w.gate_up(x).chunk(2, dim=-1)
             hidden = hidden + w.down(F.silu(gate) * up)
+        return hidden[layout.sample_index]
+
+    def _forward_fused(self, layout: BatchLayout, cache: KVCache) -> torch.Tensor:
+        """`forward` with each layer's element-wise steps as one compiled pass each: RMSNorm
+        fused with the residual add before it, RoPE fused with the KV store, SiLU with the
+        multiply. Rounds where the eager code does."""
+        c = self.config
+        ops = self.fused_ops
+        eps = c.rms_norm_eps
+        hidden = F.embedding(layout.input_ids, self.embed)  # [T, hidden]
+        cos = self.cos.index_select(0, layout.positions)  # [T, D]
+        sin = self.sin.index_select(0, layout.positions)
+        num_tokens = hidden.shape[0]
+        kernel = self.decode_kernel
+        mask = None if kernel is not None else row_mask(layout, cache.block_size)
+        x = ops.rms_norm(hidden, self.layers[0].input_norm, eps)
+        for index, w in enumerate(self.layers):
+            qkv = w.qkv(x)  # [T, (H + 2 Hkv) D]
+            key_cache, value_cache = cache.layer(index)
+            ops.rope_store_(qkv, cos, sin, layout.slots, key_cache, value_cache, c.num_heads)
+            q, k, v = qkv.split((self.q_size, self.kv_size, self.kv_size), dim=-1)
+            att = paged_attention(q.view(num_tokens, c.num_heads, c.head_dim),
+                                  k.view(num_tokens, c.num_kv_heads, c.head_dim),
+                                  v.view(num_tokens, c.num_kv_heads, c.head_dim),
+                                  key_cache, value_cache, layout, cache.block_size, mask,
+                                  kernel, kv_stored=True)
+            x = ops.add_rms_norm_(hidden, w.out(att.view(num_tokens, self.q_size)),
+                                  w.post_norm, eps)
+            delta = w.down(ops.silu_mul(w.gate_up(x)))
+            if index + 1 < len(self.layers):
+                x = ops.add_rms_norm_(hidden, delta, self.layers[index + 1].input_norm, eps)
+            else:
+                hidden.add_(delta)
         return hidden[layout.sample_index]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from sliceserve.core.plan import ExecuteResult, Plan
 from sliceserve.model.attention import build_layout
 from sliceserve.model.config import ModelConfig
 from sliceserve.model.cuda_graphs import DecodeGraphs
-from sliceserve.model.kernels import paged_decode_attention
+from sliceserve.model.kernels import cpu_kernels, paged_decode_attention
 from sliceserve.model.kv_cache import DEFAULT_KV_CACHE_MEMORY_GB, KVCache, blocks_for_memory
 from sliceserve.model.llama import LlamaModel
 from sliceserve.model.loader import load_state_dict
@@ -104,8 +104,12 @@ class ModelRunner:
         self.cache = KVCache(self.model_config, self.num_kv_blocks + 1, self.block_size,
                              self.dtype, self.device)
         self.scratch_slot = self.num_kv_blocks * self.block_size
-        if self.device.type == "cpu" and config.cpu_kernels and _kernel_fits(self.model_config):
-            self.model.decode_kernel = paged_decode_attention()
+        if self.device.type == "cpu" and config.cpu_kernels:
+            if _kernel_fits(self.model_config):
+                self.model.decode_kernel = paged_decode_attention()
+            if self.dtype in (torch.bfloat16, torch.float16):
+                # float32 keeps eager PyTorch: bit for bit transformers' arithmetic
+                self.model.fused_ops = cpu_kernels()
         self.graphs: DecodeGraphs | None = None
         if self.device.type == "cuda" and config.cuda_graphs:
             self.graphs = DecodeGraphs(self.model, self.cache, self.max_model_len,
