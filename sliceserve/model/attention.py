@@ -78,7 +78,12 @@ def chunk_token_ids(chunk: ScheduledChunk) -> list[int]:
 
 
 def build_layout(chunks: Sequence[ScheduledChunk], block_size: int, dtype: torch.dtype,
-                 device: torch.device) -> BatchLayout:
+                 device: torch.device, every_token_a_row: bool = False) -> BatchLayout:
+    """`every_token_a_row`: for the CPU kernel, which attends each token over its own cached
+    history (keys 0..position, through the block table, after this iteration's keys are
+    stored), every token of every chunk becomes a row: prefill chunks need no other path."""
+    if every_token_a_row:
+        return _token_rows_layout(chunks, block_size, device)
     rows = [i for i, c in enumerate(chunks) if c.num_new_tokens == 1]
     multi = [i for i, c in enumerate(chunks) if c.num_new_tokens > 1]
     order = rows + multi
@@ -119,6 +124,48 @@ def build_layout(chunks: Sequence[ScheduledChunk], block_size: int, dtype: torch
         row_lengths=row_lengths,
         prefills=tuple(prefills),
         fresh=fresh,
+        sample_index=torch.tensor(sample_index, **as_long),
+        sample_chunks=tuple(sample_chunks),
+    )
+
+
+def _token_rows_layout(chunks: Sequence[ScheduledChunk], block_size: int,
+                       device: torch.device) -> BatchLayout:
+    ids: list[int] = []
+    positions: list[int] = []
+    slots: list[int] = []
+    chunk_of_token: list[int] = []
+    sample_index: list[int] = []
+    sample_chunks: list[int] = []
+    max_blocks = 1
+    for i, chunk in enumerate(chunks):
+        first = chunk.num_computed_tokens
+        end = first + chunk.num_new_tokens
+        table = chunk.block_ids
+        ids.extend(chunk_token_ids(chunk))
+        positions.extend(range(first, end))
+        slots.extend(table[pos // block_size] * block_size + pos % block_size
+                     for pos in range(first, end))
+        chunk_of_token.extend([i] * chunk.num_new_tokens)
+        max_blocks = max(max_blocks, -(-end // block_size))
+        if chunk.samples:
+            sample_index.append(len(ids) - 1)
+            sample_chunks.append(i)
+    # One table per chunk, then one per token by index (block 0 pads: beyond every length).
+    tables = [list(c.block_ids[:max_blocks]) for c in chunks]
+    padded = torch.tensor([t + [0] * (max_blocks - len(t)) for t in tables], dtype=torch.long)
+    as_long = {"dtype": torch.long, "device": device}
+    position_tensor = torch.tensor(positions, dtype=torch.long)
+    return BatchLayout(
+        order=tuple(range(len(chunks))),
+        input_ids=torch.tensor(ids, **as_long),
+        positions=position_tensor.to(device),
+        slots=torch.tensor(slots, **as_long),
+        num_rows=len(ids),
+        row_tables=padded.index_select(0, torch.tensor(chunk_of_token)).to(device),
+        row_lengths=(position_tensor + 1).to(device),
+        prefills=(),
+        fresh=None,
         sample_index=torch.tensor(sample_index, **as_long),
         sample_chunks=tuple(sample_chunks),
     )

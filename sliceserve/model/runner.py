@@ -148,7 +148,8 @@ class ModelRunner:
             logits: torch.Tensor | None = self.graphs.run(chunks)
             sample_chunks: Sequence[int] = range(len(chunks))
         else:
-            layout = build_layout(chunks, self.block_size, self.dtype, self.device)
+            layout = build_layout(chunks, self.block_size, self.dtype, self.device,
+                                  every_token_a_row=self.model.decode_kernel is not None)
             prepared = time.perf_counter()
             hidden = self.model.forward(layout, self.cache)
             logits = self.model.logits(hidden) if layout.sample_chunks else None
