@@ -253,8 +253,11 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     num_heads, head_dim = q.shape[1], q.shape[2]
     num_kv_heads = k.shape[1]
     group = num_heads // num_kv_heads
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     rows = layout.num_rows
+    if decode_kernel is not None and rows == q.shape[0]:  # every token a row (the CPU path)
+        return decode_kernel(q, key_cache, value_cache, layout.row_tables, layout.row_lengths,
+                             block_size, head_dim**-0.5)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if rows and decode_kernel is not None:
         # The CPU kernel reads each row's history in place, through its block table.
         out[:rows] = decode_kernel(q[:rows], key_cache, value_cache,

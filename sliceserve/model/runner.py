@@ -114,7 +114,9 @@ class ModelRunner:
         if self.device.type == "cuda" and config.cuda_graphs:
             self.graphs = DecodeGraphs(self.model, self.cache, self.max_model_len,
                                        self.scratch_slot)
-        self.sampler = Sampler(self.device, config.seed)
+        fused = self.model.fused_ops
+        self.sampler = Sampler(self.device, config.seed,
+                               argmax_rows=None if fused is None else fused.argmax_rows)
         self.stats = RunnerStats()
 
     def scheduler_config(self, **overrides: Any) -> SchedulerConfig:

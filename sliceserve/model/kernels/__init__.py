@@ -6,7 +6,7 @@ the same thing more slowly. The module holds
 - paged_attention.cpp: `paged_decode_attention`, decode attention read in place through the
   block tables;
 - fused_ops.cpp: `rms_norm`, `add_rms_norm_`, `rope_store_` and `silu_mul`, a layer's
-  element-wise steps one pass each.
+  element-wise steps one pass each, and `argmax_rows` for greedy sampling.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import torch
 
 # One compiled unit: simd.h (shared helpers) first.
 _SOURCES = [Path(__file__).with_name(n) for n in ("simd.h", "paged_attention.cpp", "fused_ops.cpp")]
-_FUNCTIONS = ["paged_decode_attention", "rms_norm", "add_rms_norm_", "rope_store_", "silu_mul"]
+_FUNCTIONS = ["paged_decode_attention", "rms_norm", "add_rms_norm_", "rope_store_", "silu_mul",
+              "argmax_rows"]
 # -fopenmp: at::parallel_for runs on OpenMP threads only when the extension is built with it.
 _FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 _loaded: dict[str, Any] = {}

@@ -132,6 +132,33 @@ void silu_mul_rows(const T* gate_up, T* out, int64_t tokens, int64_t inter) {
   });
 }
 
+// Index of the largest value of a row (the first one on ties; the first NaN if any, as
+// torch.argmax).
+template <typename T>
+int64_t argmax_row(const T* x, int64_t n) {
+  int64_t i = 0;
+  float best = -std::numeric_limits<float>::infinity();
+#ifdef SLICESERVE_AVX512
+  __m512 vbest = _mm512_set1_ps(best);
+  __mmask16 nan = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = load16(x + i);
+    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    vbest = _mm512_max_ps(vbest, v);
+  }
+  if (nan) i = 0;  // let the scalar loop find the first NaN
+  else best = _mm512_reduce_max_ps(vbest);
+#endif
+  for (int64_t j = i; j < n; ++j) {
+    const float v = to_float(x[j]);
+    if (std::isnan(v)) return j;
+    best = v > best ? v : best;
+  }
+  for (int64_t j = 0; j < n; ++j)
+    if (to_float(x[j]) == best) return j;
+  return 0;
+}
+
 template <typename Fn>
 void dispatch(at::ScalarType dtype, const char* name, Fn&& fn) {
   if (dtype == at::kBFloat16) fn(c10::BFloat16{});
@@ -220,6 +247,22 @@ torch::Tensor silu_mul(torch::Tensor gate_up) {
   dispatch(gate_up.scalar_type(), "silu_mul", [&](auto tag) {
     using T = decltype(tag);
     silu_mul_rows<T>(gate_up.data_ptr<T>(), out.data_ptr<T>(), gate_up.size(0), inter);
+  });
+  return out;
+}
+
+// logits: [S, vocab] -> [S] int64, the argmax of each row.
+torch::Tensor argmax_rows(torch::Tensor logits) {
+  check_rows(logits, "argmax_rows");
+  auto out = torch::empty({logits.size(0)}, logits.options().dtype(at::kLong));
+  int64_t* op = out.data_ptr<int64_t>();
+  const int64_t n = logits.size(1);
+  dispatch(logits.scalar_type(), "argmax_rows", [&](auto tag) {
+    using T = decltype(tag);
+    const T* x = logits.data_ptr<T>();
+    at::parallel_for(0, logits.size(0), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) op[r] = argmax_row<T>(x + r * n, n);
+    });
   });
   return out;
 }
