@@ -23,9 +23,13 @@ from sliceserve.model.profile_fit import (
 )
 from sliceserve.model.profiler import (
     cached_profile_path,
+    engine_fingerprint,
     latency_model_for,
+    load_cached_profile,
     profile_key,
     profile_runner,
+    source_fingerprint,
+    store_profile,
 )
 from sliceserve.model.runner import ModelRunner, RunnerConfig
 from tests.tiny_models import make_tiny_model
@@ -185,6 +189,8 @@ def test_latency_model_for_calibrates_once_then_reads_the_cache(
     runner = tiny_runner(tiny_folder, num_kv_blocks=2200)
     key = profile_key(runner, "tiny")
     assert key == profile_key(runner, "another name for the same folder")
+    # float32, head_dim 16: neither the decode kernel nor the fused ops.
+    assert key.engine == f"{engine_fingerprint()}/eager"
     path = cached_profile_path(key)
     assert path.parent == tmp_path / "profiles" and not path.exists()
 
@@ -209,6 +215,120 @@ def test_latency_model_for_calibrates_once_then_reads_the_cache(
     again = latency_model_for(smaller, "tiny")
     assert again.decode_slope_ms != 123.25 and json.loads(path.read_text())["key"]["dtype"] \
         == "float32"
+
+
+def test_the_engine_fingerprint_follows_the_engine_code(tmp_path: Path) -> None:
+    package = tmp_path / "sliceserve"
+    files = {"model/kernels/simd.h": "// simd", "model/kernels/attention.cpp": "// attention",
+             "model/kernels/__init__.py": "FLAGS = ['-O3']", "model/llama.py": "# llama",
+             "model/attention.py": "# attention", "model/runner.py": "# runner",
+             "cli.py": "# not the engine", "model/kernels/notes.txt": "not a source"}
+    for name, text in files.items():
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text(text)
+    base = source_fingerprint(package, "0.1.0")
+    assert len(base) == 12 and int(base, 16) >= 0
+    assert source_fingerprint(package, "0.1.0") == base
+
+    def changed(name: str, text: str) -> str:
+        old = (package / name).read_text()
+        (package / name).write_text(text)
+        try:
+            return source_fingerprint(package, "0.1.0")
+        finally:
+            (package / name).write_text(old)
+
+    for name in ("model/kernels/simd.h", "model/kernels/attention.cpp",
+                 "model/kernels/__init__.py", "model/llama.py", "model/attention.py",
+                 "model/runner.py"):
+        assert changed(name, files[name] + " // faster") != base, name
+    assert changed("cli.py", "# edited") == base  # outside the engine's hot path
+    assert changed("model/kernels/notes.txt", "edited") == base
+    assert source_fingerprint(package, "0.2.0") != base
+    (package / "model/kernels/new.cpp").write_text("")  # an empty new file still counts
+    assert source_fingerprint(package, "0.1.0") != base
+    # This installation's: computed once, from the package's own files.
+    import sliceserve
+
+    real = Path(sliceserve.__file__).parent
+    assert engine_fingerprint() == engine_fingerprint()
+    assert engine_fingerprint.cache_info().currsize == 1
+    assert engine_fingerprint() in {source_fingerprint(real, v) for v in (
+        _installed_version(), "unknown")}
+
+
+def _installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sliceserve")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def test_a_profile_of_other_engine_code_is_not_reused(
+        tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the engine changes (a new fingerprint), the cached profile is measured again."""
+    monkeypatch.setenv("SLICESERVE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(profiler, "_load_average", lambda: 0.5)
+    measured = []
+
+    def fake_profile(runner: object, **settings: object) -> Profile:
+        measured.append(settings)
+        return synthetic_profile(true_model())
+
+    monkeypatch.setattr(profiler, "profile_runner", fake_profile)
+    runner = tiny_runner(tiny_folder)
+    monkeypatch.setattr(profiler, "engine_fingerprint", lambda: "0ld0ld0ld0ld")
+    old_key = profile_key(runner, "tiny")
+    latency_model_for(runner, "tiny")
+    latency_model_for(runner, "tiny")
+    assert len(measured) == 1 and load_cached_profile(old_key) is not None
+
+    monkeypatch.setattr(profiler, "engine_fingerprint", lambda: "0e10e10e10e1")
+    new_key = profile_key(runner, "tiny")
+    assert new_key.engine == "0e10e10e10e1/eager" and new_key != old_key
+    assert cached_profile_path(new_key) != cached_profile_path(old_key)
+    assert load_cached_profile(new_key) is None
+    latency_model_for(runner, "tiny")
+    assert len(measured) == 2 and load_cached_profile(new_key) is not None
+
+    # A file written before keys had an engine, at the new key's path, is not used either.
+    path = cached_profile_path(new_key)
+    data = json.loads(path.read_text())
+    del data["key"]["engine"]
+    path.write_text(json.dumps(data))
+    assert load_cached_profile(new_key) is None
+
+
+def test_the_key_tells_the_compiled_kernels_from_the_pytorch_path(tiny_folder: Path) -> None:
+    from sliceserve.model.kernels import cpu_kernels
+
+    if cpu_kernels() is None:
+        pytest.skip("no C++ toolchain here: every runner takes the PyTorch path")
+
+    def key(**config: object) -> profiler.ProfileKey:
+        runner = ModelRunner(tiny_folder, RunnerConfig(dtype="bfloat16", num_kv_blocks=8,
+                                                       num_threads=1, **config))
+        return profile_key(runner, "tiny")
+
+    # head_dim 16: the fused ops run (bf16), the decode kernel does not (it needs 64 or 128).
+    fused, plain = key(), key(cpu_kernels=False)
+    assert fused.engine.startswith(f"{engine_fingerprint()}/") and "fused-ops" in fused.engine
+    assert plain.engine == f"{engine_fingerprint()}/eager"
+    assert cached_profile_path(fused) != cached_profile_path(plain)
+
+
+def test_store_profile_keeps_one_file_per_key(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLICESERVE_CACHE_DIR", str(tmp_path))
+    key = profiler.ProfileKey("m", "cpu", "bfloat16", 2, "abc/eager")
+    model = fit_latency_model(synthetic_profile(true_model()), "fit")
+    store_profile(key, model, synthetic_profile(true_model()))
+    found = load_cached_profile(key)
+    assert found is not None and found[0] == model
+    other = dataclasses.replace(key, engine="abd/eager")
+    assert load_cached_profile(other) is None
 
 
 def test_the_markdown_report_has_every_batch_and_prefill_row() -> None:

@@ -2,7 +2,8 @@
 
     profile = profile_runner(runner)                      # decode x context, prefill, mixed
     model = fit_latency_model(profile, "smollm2@cpu")     # sliceserve.latency_model.LatencyModel
-    model = latency_model_for(runner, "smollm2-135m")     # cached per model/device/dtype/threads
+    model = latency_model_for(runner, "smollm2-135m")     # cached per model/device/dtype/
+                                                          # threads/engine code (ProfileKey)
 
 Timings come from synthetic plans handed straight to `runner.execute` (no scheduler): random
 prompt ids, KV block ids assigned here from the runner's pool. The KV content is garbage, which
@@ -13,6 +14,7 @@ every sample of one point.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -44,10 +46,10 @@ from sliceserve.request import SLO, Request, SamplingParams
 __all__ = ["DEFAULT_BATCH_SIZES", "DEFAULT_CONTEXT_LENGTHS", "DEFAULT_MIXED",
            "DEFAULT_PREFILL_CHUNKS",
            "DEFAULT_PREFILL_TOKENS", "QUICK", "FitError", "Profile", "ProfileError",
-           "ProfileKey", "ProfilePoint", "Shape", "cached_profile_path", "fit_errors",
-           "fit_latency_model", "latency_model_for", "load_cached_profile",
-           "measured_on_busy_machine", "prefault_kv_cache", "profile_key",
-           "profile_runner", "store_profile", "warm_up"]
+           "ProfileKey", "ProfilePoint", "Shape", "cached_profile_path", "engine_fingerprint",
+           "engine_id", "fit_errors", "fit_latency_model", "latency_model_for",
+           "load_cached_profile", "measured_on_busy_machine", "prefault_kv_cache",
+           "profile_key", "profile_runner", "store_profile", "warm_up"]
 
 log = logging.getLogger(__name__)
 
@@ -309,18 +311,65 @@ def device_name(device: str) -> str:
 @dataclass(frozen=True)
 class ProfileKey:
     """What a profile is valid for. The KV budget is not part of it: it changes capacity,
-    not latency, so a cached model takes the current runner's capacity."""
+    not latency, so a cached model takes the current runner's capacity. `engine` is the
+    engine's own share (`engine_id`): a profile measured before the engine's code changed, or
+    with its compiled kernels off, is not this engine's."""
 
     model_id: str
     device: str
     dtype: str
     num_threads: int
+    engine: str
 
     def filename(self) -> str:
         readable = re.sub(r"[^A-Za-z0-9.]+", "-", f"{self.model_id}-{self.dtype}-"
                                                    f"t{self.num_threads}").strip("-")[:80]
         digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
         return f"{readable}-{digest[:12]}.json"
+
+
+# The code an iteration's time depends on, relative to the sliceserve package: the forward
+# pass, its kernels (and their build flags, in kernels/__init__.py), the runner around it.
+ENGINE_SOURCES = ("model/kernels/*.cpp", "model/kernels/*.h", "model/kernels/__init__.py",
+                  "model/llama.py", "model/attention.py", "model/rope.py",
+                  "model/runner.py", "model/sampler.py")
+
+
+def source_fingerprint(package_dir: Path, version: str) -> str:
+    """12 hex digits of a hash of `version` and the text of the ENGINE_SOURCES files under
+    `package_dir` (names included, so a file added or removed counts)."""
+    digest = hashlib.sha256(f"{version}\0".encode())
+    for pattern in ENGINE_SOURCES:
+        for path in sorted(package_dir.glob(pattern)):
+            digest.update(f"{path.relative_to(package_dir).as_posix()}\0".encode())
+            digest.update(path.read_bytes())
+            digest.update(b"\0")
+    return digest.hexdigest()[:12]
+
+
+@functools.cache
+def engine_fingerprint() -> str:
+    """This installation's source_fingerprint: computed once per process (a few small files)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        package_version = version("sliceserve")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        package_version = "unknown"
+    return source_fingerprint(Path(__file__).resolve().parent.parent, package_version)
+
+
+def engine_id(runner: Runner) -> str:
+    """The engine fingerprint and which optional fast paths `runner` uses, e.g.
+    '3f09c1d2ab77/attention-kernel+fused-ops' (a runner without a model: the fingerprint)."""
+    model = getattr(runner, "model", None)
+    if model is None:
+        return engine_fingerprint()
+    paths = [name for name, on in (("attention-kernel", getattr(model, "decode_kernel", None)),
+                                   ("fused-ops", getattr(model, "fused_ops", None)),
+                                   ("cuda-graphs", getattr(runner, "graphs", None)))
+             if on is not None]
+    return f"{engine_fingerprint()}/{'+'.join(paths) or 'eager'}"
 
 
 def profile_key(runner: Runner, model_id: str) -> ProfileKey:
@@ -333,7 +382,8 @@ def profile_key(runner: Runner, model_id: str) -> ProfileKey:
 
         model_id = folder_model_id(folder)
     facts = runner_facts(runner)
-    return ProfileKey(model_id, facts["device"], facts["dtype"], facts["num_threads"])
+    return ProfileKey(model_id, facts["device"], facts["dtype"], facts["num_threads"],
+                      engine_id(runner))
 
 
 def cached_profile_path(key: ProfileKey) -> Path:
@@ -379,8 +429,9 @@ def model_name(model_id: str, key: ProfileKey) -> str:
 
 
 def latency_model_for(runner: Runner, model_id: str, *, cache: bool = True) -> LatencyModel:
-    """The latency model of `runner`: the cached profile for this model, device, dtype and
-    thread count, or a quick calibration (stored in the cache when `cache`)."""
+    """The latency model of `runner`: the cached profile for this model, device, dtype,
+    thread count and engine (`profile_key`), or a quick calibration (stored in the cache when
+    `cache`)."""
     key = profile_key(runner, model_id)
     capacity = runner.num_kv_blocks * runner.block_size
     if cache:
