@@ -223,10 +223,11 @@ def test_silu_mul_at_large_magnitudes(dtype: torch.dtype) -> None:
 # that the fix shows up as an XPASS to remove this mark.
 @pytest.mark.xfail(strict=_has_avx512(), reason=(
     "exp(-x) overflows float32 for x < ~-88.7 (simd.h's exp16 returns inf, as std::exp "
-    "does), and under -ffast-math fused_ops.cpp's x / (1 + exp(-x)) becomes x times a "
-    "Newton-refined reciprocal of inf: 0 * inf = NaN, where eager gives -0. Seen in the "
-    "AVX-512 loop (bf16, fp16, fp32) and in loops the compiler vectorizes itself (bf16 and "
-    "fp32 in a build without AVX-512); a clamp of exp's argument would fix it"))
+    "does), and fused_ops.cpp computes x / (1 + exp(-x)) as x times a Newton-refined "
+    "reciprocal (explicitly in the AVX-512 loop; the compiler does the same under "
+    "-ffast-math where it vectorizes the portable loop, seen for bf16 and fp32 in a build "
+    "without AVX-512): rcp(inf) = 0, and the Newton step's inf * 0 is NaN, where eager "
+    "gives -0. A clamp of exp's argument would fix it"))
 @pytest.mark.parametrize("dtype", HALF_DTYPES, ids=str)
 def test_silu_mul_of_very_negative_gates_is_zero_not_nan(dtype: torch.dtype) -> None:
     gate = torch.tensor([-89.0, -100.0, -1000.0, -1e4] * 8, dtype=dtype)[None]  # 32: vectors
