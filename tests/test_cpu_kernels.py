@@ -32,16 +32,6 @@ HALF_DTYPES = (torch.bfloat16, torch.float16)  # what the runner hands the fused
 EPS = 1e-5
 
 
-def _has_avx512() -> bool:
-    """The build's condition for its vector code (-march=native, AVX-512 F and BW)."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return False
-    return "avx512f" in flags and "avx512bw" in flags
-
-
 def ulps(got: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
     """Distance in units in the last place, element by element (+0 and -0 are equal)."""
     assert got.dtype == expected.dtype and got.shape == expected.shape
@@ -219,15 +209,6 @@ def test_silu_mul_at_large_magnitudes(dtype: torch.dtype) -> None:
     assert_nearly_eager(got[~tiny], expected[~tiny], 1, min_identical=0.9)
 
 
-# A known bug, reported, left for the kernel's owner: strict where the AVX-512 loop runs, so
-# that the fix shows up as an XPASS to remove this mark.
-@pytest.mark.xfail(strict=_has_avx512(), reason=(
-    "exp(-x) overflows float32 for x < ~-88.7 (simd.h's exp16 returns inf, as std::exp "
-    "does), and fused_ops.cpp computes x / (1 + exp(-x)) as x times a Newton-refined "
-    "reciprocal (explicitly in the AVX-512 loop; the compiler does the same under "
-    "-ffast-math where it vectorizes the portable loop, seen for bf16 and fp32 in a build "
-    "without AVX-512): rcp(inf) = 0, and the Newton step's inf * 0 is NaN, where eager "
-    "gives -0. A clamp of exp's argument would fix it"))
 @pytest.mark.parametrize("dtype", HALF_DTYPES, ids=str)
 def test_silu_mul_of_very_negative_gates_is_zero_not_nan(dtype: torch.dtype) -> None:
     gate = torch.tensor([-89.0, -100.0, -1000.0, -1e4] * 8, dtype=dtype)[None]  # 32: vectors

@@ -225,13 +225,19 @@ def test_cpu_decode_kernel_matches_the_pytorch_path():
         torch.testing.assert_close(got.float(), expected.float(), atol=tol, rtol=tol)
 
 
-def test_greedy_tokens_equal_transformers_with_the_cpu_kernel(tmp_path):
-    """head_dim 64 (the kernel's shape) on a tiny Qwen2: the same tokens as transformers."""
+@pytest.mark.parametrize(("max_row_chunk", "budget"), [(None, 2048), (1, 16), (6, 16)])
+def test_greedy_tokens_equal_transformers_with_the_cpu_kernel(tmp_path, max_row_chunk, budget):
+    """head_dim 64 (the kernel's shape) on a tiny Qwen2: the same tokens as transformers.
+    The kernel attends chunks of up to `max_row_chunk` tokens as rows (None: the runner's
+    default, every prompt here); with a 16-token budget prompts are cut into chunks, so rows,
+    fresh prompts and later chunks over their history meet in one iteration."""
     folder = make_tiny_model(tmp_path / "hd64", "qwen2", hidden_size=256, num_heads=4,
                              num_kv_heads=2, intermediate_size=256)
     batch = prompts(5, seed=21)
     expected = {f"r{i}": reference(folder, p, 10) for i, p in enumerate(batch)}
-    engine = make_engine(folder)
+    engine = make_engine(folder, max_num_batched_tokens=budget)
+    if max_row_chunk is not None:
+        engine.executor.max_row_chunk = max_row_chunk
     got = run_to_completion(engine, [request(f"r{i}", p, 10) for i, p in enumerate(batch)])
     assert got == expected
     from sliceserve.model.kernels import paged_decode_attention

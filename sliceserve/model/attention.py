@@ -78,14 +78,13 @@ def chunk_token_ids(chunk: ScheduledChunk) -> list[int]:
 
 
 def build_layout(chunks: Sequence[ScheduledChunk], block_size: int, dtype: torch.dtype,
-                 device: torch.device, every_token_a_row: bool = False) -> BatchLayout:
-    """`every_token_a_row`: for the CPU kernel, which attends each token over its own cached
-    history (keys 0..position, through the block table, after this iteration's keys are
-    stored), every token of every chunk becomes a row: prefill chunks need no other path."""
-    if every_token_a_row:
-        return _token_rows_layout(chunks, block_size, device)
-    rows = [i for i, c in enumerate(chunks) if c.num_new_tokens == 1]
-    multi = [i for i, c in enumerate(chunks) if c.num_new_tokens > 1]
+                 device: torch.device, max_row_chunk: int = 1) -> BatchLayout:
+    """Chunks of up to `max_row_chunk` new tokens are attended as rows: each of their tokens
+    over its own cached history (keys 0..position through the block table, this iteration's
+    keys stored first), which is how the CPU kernel takes decodes and short prompt chunks
+    alike. Longer chunks go the padded/segment path (SDPA), better for long prompts."""
+    rows = [i for i, c in enumerate(chunks) if c.num_new_tokens <= max_row_chunk]
+    multi = [i for i, c in enumerate(chunks) if c.num_new_tokens > max_row_chunk]
     order = rows + multi
     ids: list[int] = []
     positions: list[int] = []
@@ -97,29 +96,32 @@ def build_layout(chunks: Sequence[ScheduledChunk], block_size: int, dtype: torch
         chunk = chunks[i]
         start = len(ids)
         first = chunk.num_computed_tokens
+        end = first + chunk.num_new_tokens
         table = chunk.block_ids
         ids.extend(chunk_token_ids(chunk))
-        for pos in range(first, first + chunk.num_new_tokens):
-            positions.append(pos)
-            slots.append(table[pos // block_size] * block_size + pos % block_size)
+        positions.extend(range(first, end))
+        slots.extend(table[pos // block_size] * block_size + pos % block_size
+                     for pos in range(first, end))
         if chunk.samples:
             sample_index.append(len(ids) - 1)
             sample_chunks.append(i)
-        if chunk.num_new_tokens > 1:
+        if chunk.num_new_tokens > max_row_chunk:
             prefills.append(_segment(chunk, start, block_size, dtype, device))
     fresh = None
     starts = [seg for seg in prefills if seg.num_computed == 0]
     if len(starts) > 1:
         fresh = _fresh_group(starts, dtype, device)
         prefills = [seg for seg in prefills if seg.num_computed > 0]
-    row_tables, row_lengths = _row_tables(chunks, rows, block_size, device)
+    num_rows = sum(chunks[i].num_new_tokens for i in rows)
+    row_tables, row_lengths = _row_tables(chunks, rows, positions[:num_rows], block_size,
+                                          device)
     as_long = {"dtype": torch.long, "device": device}
     return BatchLayout(
         order=tuple(order),
         input_ids=torch.tensor(ids, **as_long),
         positions=torch.tensor(positions, **as_long),
         slots=torch.tensor(slots, **as_long),
-        num_rows=len(rows),
+        num_rows=num_rows,
         row_tables=row_tables,
         row_lengths=row_lengths,
         prefills=tuple(prefills),
@@ -129,58 +131,21 @@ def build_layout(chunks: Sequence[ScheduledChunk], block_size: int, dtype: torch
     )
 
 
-def _token_rows_layout(chunks: Sequence[ScheduledChunk], block_size: int,
-                       device: torch.device) -> BatchLayout:
-    ids: list[int] = []
-    positions: list[int] = []
-    slots: list[int] = []
-    chunk_of_token: list[int] = []
-    sample_index: list[int] = []
-    sample_chunks: list[int] = []
-    max_blocks = 1
-    for i, chunk in enumerate(chunks):
-        first = chunk.num_computed_tokens
-        end = first + chunk.num_new_tokens
-        table = chunk.block_ids
-        ids.extend(chunk_token_ids(chunk))
-        positions.extend(range(first, end))
-        slots.extend(table[pos // block_size] * block_size + pos % block_size
-                     for pos in range(first, end))
-        chunk_of_token.extend([i] * chunk.num_new_tokens)
-        max_blocks = max(max_blocks, -(-end // block_size))
-        if chunk.samples:
-            sample_index.append(len(ids) - 1)
-            sample_chunks.append(i)
-    # One table per chunk, then one per token by index (block 0 pads: beyond every length).
-    tables = [list(c.block_ids[:max_blocks]) for c in chunks]
-    padded = torch.tensor([t + [0] * (max_blocks - len(t)) for t in tables], dtype=torch.long)
-    as_long = {"dtype": torch.long, "device": device}
-    position_tensor = torch.tensor(positions, dtype=torch.long)
-    return BatchLayout(
-        order=tuple(range(len(chunks))),
-        input_ids=torch.tensor(ids, **as_long),
-        positions=position_tensor.to(device),
-        slots=torch.tensor(slots, **as_long),
-        num_rows=len(ids),
-        row_tables=padded.index_select(0, torch.tensor(chunk_of_token)).to(device),
-        row_lengths=(position_tensor + 1).to(device),
-        prefills=(),
-        fresh=None,
-        sample_index=torch.tensor(sample_index, **as_long),
-        sample_chunks=tuple(sample_chunks),
-    )
-
-
-def _row_tables(chunks: Sequence[ScheduledChunk], rows: list[int], block_size: int,
-                device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def _row_tables(chunks: Sequence[ScheduledChunk], rows: list[int], positions: list[int],
+                block_size: int, device: torch.device,
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Per row token: its chunk's block table (padded with block 0, beyond every length) and
+    its context length, position + 1."""
     if not rows:
         return None, None
-    lengths = [chunks[i].num_computed_tokens + 1 for i in rows]
-    max_blocks = -(-max(lengths) // block_size)
+    max_blocks = -(-(max(positions) + 1) // block_size)
     tables = [list(chunks[i].block_ids[:max_blocks]) for i in rows]
-    padded = [t + [0] * (max_blocks - len(t)) for t in tables]  # block 0: masked out
-    return (torch.tensor(padded, dtype=torch.long, device=device),
-            torch.tensor(lengths, dtype=torch.long, device=device))
+    padded = torch.tensor([t + [0] * (max_blocks - len(t)) for t in tables], dtype=torch.long)
+    counts = [chunks[i].num_new_tokens for i in rows]
+    if any(n > 1 for n in counts):
+        padded = padded.repeat_interleave(torch.tensor(counts), dim=0)
+    lengths = torch.tensor(positions, dtype=torch.long) + 1
+    return padded.to(device), lengths.to(device)
 
 
 def row_mask(layout: BatchLayout, block_size: int) -> torch.Tensor | None:

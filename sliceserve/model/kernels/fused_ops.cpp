@@ -107,6 +107,9 @@ void rope_store_rows(T* qkv, const T* cos, const T* sin, const int64_t* slots, T
   });
 }
 
+// Below this, exp(-x) overflows float32 (-x > ln(FLT_MAX)) and silu(x) = x / inf = -0.
+constexpr float kSiluZeroBelow = -88.7228394f;
+
 // out = to_T(to_T(silu(gate)) * up), from the fused [tokens, 2 I] gate/up rows.
 template <typename T>
 void silu_mul_rows(const T* gate_up, T* out, int64_t tokens, int64_t inter) {
@@ -123,16 +126,22 @@ void silu_mul_rows(const T* gate_up, T* out, int64_t tokens, int64_t inter) {
         const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), x));
         // x / (1 + e) as x * (1 / (1 + e)): a reciprocal estimate and one Newton step
         // (about 23 bits) instead of a division, which is several times slower.
+        // Where exp(-x) overflows (x < kSiluZeroBelow) eager's x / inf is -0; the estimate's
+        // Newton step would make inf * 0 = NaN there, so those lanes are set to -0.
         const __m512 d = _mm512_add_ps(one, e);
         __m512 r = _mm512_rcp14_ps(d);
         r = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.f)));
-        const __m512 silu = round16<T>(_mm512_mul_ps(x, r));
+        const __mmask16 zero = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kSiluZeroBelow), _CMP_LT_OQ);
+        const __m512 silu = round16<T>(
+            _mm512_mask_mov_ps(_mm512_mul_ps(x, r), zero, _mm512_set1_ps(-0.f)));
         store16(o + i, _mm512_mul_ps(silu, load16(u + i)));
       }
 #endif
       for (; i < inter; ++i) {
         const float x = to_float(g[i]);
-        o[i] = static_cast<T>(round_to<T>(x / (1.f + std::exp(-x))) * to_float(u[i]));
+        // (-ffast-math assumes no inf: the overflow is taken by the test on x, not on exp.)
+        const float silu = x < kSiluZeroBelow ? -0.f : x / (1.f + std::exp(-x));
+        o[i] = static_cast<T>(round_to<T>(silu) * to_float(u[i]));
       }
     }
   });
