@@ -1,0 +1,235 @@
+"""The commands that load a real model: `profile` and `run` (torch loads only when one runs).
+
+They are plain functions here; `sliceserve.cli` registers them on the app, in help order.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from sliceserve.cli.common import (
+    ArrivalOpt,
+    BadInput,
+    ClassDefaultsOpt,
+    CvOpt,
+    NumRequestsOpt,
+    OutOpt,
+    PlotOpt,
+    PolicyOpt,
+    PolicyOptionOpt,
+    SeedOpt,
+    TableOpt,
+    WorkloadOpt,
+    _check_common,
+    _check_positive,
+    _console,
+    _write,
+    parse_policy_options,
+)
+from sliceserve.latency_model import LatencyModel
+from sliceserve.metrics.results import dumps
+from sliceserve.metrics.table import run_table
+from sliceserve.workloads import DEFAULT_CV, is_trace_path
+
+MODEL_DTYPES = ("bfloat16", "float16", "float32")  # sliceserve.model.runner.DTYPES, without torch
+
+# Options of the commands that load a real model.
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", "-m", help="smollm2-135m (default), a Hugging Face folder or a .gguf file")]
+DtypeOpt = Annotated[str, typer.Option(help="bfloat16, float16 or float32")]
+DeviceOpt = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, ...")]
+ThreadsOpt = Annotated[int | None, typer.Option(
+    "--threads", help="torch CPU threads (default: torch's choice)")]
+KvCacheOpt = Annotated[float | None, typer.Option(
+    "--kv-cache-gb", help="KV cache memory budget, GB (default: the runner's)")]
+
+
+def _check_model_options(dtype: str, threads: int | None, kv_cache_gb: float | None) -> None:
+    if dtype not in MODEL_DTYPES:
+        raise BadInput(f"--dtype must be one of {', '.join(MODEL_DTYPES)}, got {dtype!r}")
+    if threads is not None and threads < 1:
+        raise BadInput(f"--threads must be >= 1, got {threads}")
+    _check_positive("--kv-cache-gb", kv_cache_gb)
+
+
+def profile(
+    model: ModelOpt = None,
+    dtype: DtypeOpt = "bfloat16",
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
+    kv_cache_gb: KvCacheOpt = None,
+    quick: Annotated[bool, typer.Option(
+        "--quick", help="the start-up calibration: fewer points, one repeat")] = False,
+    repeats: Annotated[int | None, typer.Option(help="timed runs per point (median)")] = None,
+    cache: Annotated[bool, typer.Option(
+        help="store the result as this model's cached profile on this device")] = True,
+    cache_busy: Annotated[bool, typer.Option(
+        "--cache-busy", help="cache it even if the machine was busy while measuring")] = False,
+    out: Annotated[Path | None, typer.Option(
+        help="write the fitted latency model here (JSON; raw points beside it)")] = None,
+    plot: PlotOpt = None,
+) -> None:
+    """Measure decode and prefill latency on this device and fit the latency model."""
+    from sliceserve.bench import profile_report as report
+    from sliceserve.model import profiler
+
+    _check_model_options(dtype, threads, kv_cache_gb)
+    if repeats is not None and repeats < 1:
+        raise BadInput(f"--repeats must be >= 1, got {repeats}")
+    runner, name = _load_runner(model, dtype, device, threads, kv_cache_gb)
+    key = profiler.profile_key(runner, name)
+    settings = dict(profiler.QUICK) if quick else {}
+    if repeats is not None:
+        settings["repeats"] = repeats
+    measured, fitted = _measure(runner, name, settings,
+                                "quick calibration;" if quick else "sliceserve profile;")
+    console = _console()
+    for table in (report.decode_table(measured, fitted), report.prefill_table(measured, fitted),
+                  report.model_table(fitted, measured)):
+        console.print(table)
+    if cache and profiler.measured_on_busy_machine(measured) and not cache_busy:
+        print(f"warning: other processes competed for the CPU (load average "
+              f"{measured.load_average}); not cached as this device's profile (rerun on a "
+              "quiet machine, or pass --cache-busy)", file=sys.stderr)
+    elif cache:
+        print(f"cached as {profiler.store_profile(key, fitted, measured)}", file=sys.stderr)
+    if out is not None:
+        _write(out, report.latency_model_json(fitted))
+        _write(report.points_path(out), report.points_json(measured, fitted))
+    if plot is not None:
+        try:
+            report.plot_profile(measured, fitted, plot)
+        except OSError as e:
+            raise BadInput(f"cannot write {plot}: {e.strerror}") from None
+        print(f"wrote {plot}", file=sys.stderr)
+
+
+def run(
+    workload: WorkloadOpt,
+    policy: PolicyOpt,
+    rate: Annotated[float | None, typer.Option(
+        "--rate", "-r", help="mean arrival rate, requests/s (default 0.5)")] = None,
+    model: ModelOpt = None,
+    arrival: ArrivalOpt = "poisson",
+    cv: CvOpt = DEFAULT_CV,
+    num_requests: NumRequestsOpt = 50,
+    seed: SeedOpt = 0,
+    latency_model: Annotated[str | None, typer.Option(
+        "--latency-model", "-l", help="a latency model JSON file or preset (default: this "
+        "device's cached profile, or a quick calibration)")] = None,
+    policy_option: PolicyOptionOpt = None,
+    class_defaults: ClassDefaultsOpt = None,
+    max_time_s: Annotated[float | None, typer.Option(
+        help="abort what is unfinished this many seconds into the run")] = None,
+    dtype: DtypeOpt = "bfloat16",
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
+    kv_cache_gb: KvCacheOpt = None,
+    out: OutOpt = None,
+    trace_out: Annotated[Path | None, typer.Option(
+        help="write the exact requests as a .jsonl trace (`simulate -w` replays it)")] = None,
+    profile_out: Annotated[Path | None, typer.Option(
+        help="profile the model in this process first, run with that latency model and write "
+        "it here (JSON; raw points beside it): a replay of the trace then simulates the very "
+        "device state the run had")] = None,
+    table: TableOpt = True,
+) -> None:
+    """Serve a workload on the real engine, arrivals in wall time: a table and a result JSON."""
+    from sliceserve.bench import live
+    from sliceserve.model.profiler import device_name, warm_up
+    from sliceserve.workloads import make_traffic
+
+    _check_common(num_requests, seed, cv, arrival)
+    _check_positive("--rate", rate)
+    _check_positive("--max-time-s", max_time_s)
+    _check_model_options(dtype, threads, kv_cache_gb)
+    if trace_out is not None and trace_out.suffix != ".jsonl":
+        raise BadInput(f"--trace-out must name a .jsonl file, got {trace_out}")
+    if profile_out is not None and latency_model is not None:
+        raise BadInput("give --latency-model or --profile-out, not both")
+    if rate is not None and is_trace_path(workload):
+        print("note: a trace replays its own arrival times; --rate is ignored", file=sys.stderr)
+    options = parse_policy_options(policy_option or [], [policy])[policy]
+    traffic_args: dict[str, Any] = dict(
+        arrival=arrival, rate_rps=rate if rate is not None else 0.5, num_requests=num_requests,
+        seed=seed, cv=cv, class_defaults=class_defaults)
+    # Bad workloads, latency models and policies fail here, before a model is loaded.
+    given_model = LatencyModel.load(latency_model) if latency_model else None
+    make_traffic(workload, latency_model=given_model or LatencyModel.load("paper"),
+                 **traffic_args)
+    from sliceserve.engine.build import build_engine
+
+    if profile_out is not None:  # a stand-in until this process's profile replaces it
+        given_model = LatencyModel.load("paper")
+    engine = build_engine(model, policy, options, dtype=dtype, device=device,
+                          kv_cache_memory_gb=kv_cache_gb, num_threads=threads,
+                          latency_model=given_model)
+    model_lm = engine.latency_model
+    if profile_out is not None:
+        from sliceserve.bench import profile_report as report
+
+        measured, model_lm = _measure(engine.runner, engine.model_name, {},
+                                      "sliceserve run --profile-out;")
+        _write(profile_out, report.latency_model_json(model_lm))
+        _write(report.points_path(profile_out), report.points_json(measured, model_lm))
+    traffic = make_traffic(workload, latency_model=model_lm, **traffic_args)
+    if trace_out is not None:
+        _write_trace(traffic, trace_out)
+    requests = live.live_requests(
+        traffic, engine.vocab_size, seed=seed,
+        special_ids=getattr(engine.tokenizer, "all_special_ids", ()), encode=engine.encode)
+    warm_up(engine.runner)
+    result = live.run_live(traffic, engine.runner, policy, model_lm, engine.config, requests,
+                           policy_options=options, model_id=engine.model_name,
+                           device=device_name(device), max_time_s=max_time_s)
+    if table:
+        _console().print(run_table(result))
+    if out is not None:
+        _write(out, dumps(result))
+
+
+# --- helpers of the commands ---
+
+def _load_runner(model: str | None, dtype: str, device: str, threads: int | None,
+                 kv_cache_gb: float | None) -> tuple[Any, str]:
+    """A model runner and the model's name (default: the embedded SmolLM2)."""
+    from sliceserve.model.loader import DEFAULT_MODEL, resolve_model
+    from sliceserve.model.runner import ModelRunner, RunnerConfig
+
+    folder = resolve_model(model)
+    runner = ModelRunner(folder, RunnerConfig(dtype=dtype, device=device, num_threads=threads,
+                                              kv_cache_memory_gb=kv_cache_gb))
+    return runner, DEFAULT_MODEL if model is None else str(model)
+
+
+def _measure(runner: Any, name: str, settings: dict[str, Any], notes: str) -> tuple[Any, Any]:
+    """Profile `runner` (a progress bar on stderr) and fit: (Profile, LatencyModel)."""
+    from tqdm import tqdm
+
+    from sliceserve.model import profiler
+
+    key = profiler.profile_key(runner, name)
+    with tqdm(desc="profile", unit="it", disable=None, file=sys.stderr) as bar:
+        def progress(done: int, total: int, what: str) -> None:
+            bar.total = total
+            bar.set_postfix_str(what)
+            bar.update(done - bar.n)
+
+        measured = profiler.profile_runner(runner, model=name, progress=progress, **settings)
+    fitted = profiler.fit_latency_model(measured, profiler.model_name(name, key), key.device,
+                                        name, notes=notes)
+    return measured, fitted
+
+
+def _write_trace(traffic: Any, path: Path) -> None:
+    from sliceserve.bench.live import write_trace
+
+    try:
+        write_trace(traffic, path)
+    except OSError as e:
+        raise BadInput(f"cannot write {path}: {e.strerror}") from None
+    print(f"wrote {path}", file=sys.stderr)
