@@ -19,6 +19,8 @@ import random
 import statistics
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import torch
 
@@ -55,7 +57,7 @@ def main() -> None:
     slo = SLO(ttft_ms=60_000, tpot_ms=1_000)
     for i in range(args.requests):
         ids = [rng.randrange(200, vocab) for _ in range(args.prompt_tokens)]
-        sampling = SamplingParams(max_tokens=args.iterations + 8, temperature=0.0,
+        sampling = SamplingParams(max_tokens=args.iterations + 16, temperature=0.0,
                                   ignore_eos=True)
         request = Request(f"r{i}", engine.clock.now(), len(ids), sampling, slo,
                           prompt_token_ids=ids)
@@ -109,11 +111,35 @@ def main() -> None:
     if args.profile_out:
         from torch.profiler import ProfilerActivity, profile
 
+        _label_kernels(runner)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(8):
                 iteration()
         args.profile_out.write_text(
             prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30) + "\n")
+
+
+def _label_kernels(runner: Any) -> None:
+    """The compiled CPU kernels are not aten ops, so torch's profiler would not list them:
+    wrap each call in a record_function labelled "kernel::<name>" (here only, not in the
+    engine, where the labels would cost a little on every call)."""
+    from torch.profiler import record_function
+
+    def labelled(name: str, fn: Any) -> Any:
+        def call(*args: Any) -> Any:
+            with record_function(f"kernel::{name}"):
+                return fn(*args)
+        return call
+
+    model = runner.model
+    if model.decode_kernel is not None:
+        model.decode_kernel = labelled("paged_attention", model.decode_kernel)
+    ops = model.fused_ops
+    if ops is not None:
+        model.fused_ops = SimpleNamespace(**{name: labelled(name, getattr(ops, name)) for name in
+                                             ("rms_norm", "add_rms_norm_", "rope_store_",
+                                              "silu_mul", "argmax_rows")})
+        runner.sampler._argmax_rows = model.fused_ops.argmax_rows
 
 
 def _cpu_name() -> str:

@@ -260,3 +260,17 @@ def test_slots_no_request_wrote_do_not_leak_into_attention(folders):
     cache.values.fill_(-1e4)
     dirty = run_to_completion(engine, [request(f"r{i}", p, 10) for i, p in enumerate(batch)])
     assert dirty == clean
+
+
+def test_an_empty_plan_computes_nothing(tmp_path):
+    """No chunks (every request waiting or masked out): no tokens, no error, on the kernel
+    path (head_dim 64) as on the PyTorch one."""
+    from sliceserve.core.plan import Plan
+    from sliceserve.model.runner import ModelRunner, RunnerConfig
+
+    folder = make_tiny_model(tmp_path / "hd64", "qwen2", hidden_size=256, num_heads=4,
+                             num_kv_heads=2, intermediate_size=256)
+    for dtype in ("float32", "bfloat16"):
+        runner = ModelRunner(folder, RunnerConfig(dtype=dtype, num_kv_blocks=8,
+                                                  device=TEST_DEVICE))
+        assert runner.execute(Plan(0.0, ())).token_ids == []

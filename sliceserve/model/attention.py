@@ -219,7 +219,7 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     num_kv_heads = k.shape[1]
     group = num_heads // num_kv_heads
     rows = layout.num_rows
-    if decode_kernel is not None and rows == q.shape[0]:  # every token a row (the CPU path)
+    if decode_kernel is not None and rows and rows == q.shape[0]:  # every token a row
         return decode_kernel(q, key_cache, value_cache, layout.row_tables, layout.row_lengths,
                              block_size, head_dim**-0.5)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
