@@ -151,14 +151,16 @@ def test_profile_runner_times_every_shape_that_fits(tiny_folder: Path, tmp_path:
     runner = tiny_runner(tiny_folder)  # 64 blocks of 16 tokens
     profile = profile_runner(runner, batch_sizes=(1, 2, 4), context_lengths=(16, 200),
                              prefill_tokens=(8, 40), prefill_chunks=((16, 40),),
-                             mixed=((2, 16, 8),), repeats=2, model="tiny")
+                             mixed=((2, 16, 8),), repeats=2, min_decode_steps=4,
+                             model="tiny")
     shapes = {(p.kind, p.batch_size, p.context_tokens, p.prefill_tokens,
                p.prefill_context_tokens) for p in profile.points}
     # The largest, 4 rows x 201 tokens, needs 4 x 13 of the 64 blocks: everything fits.
     assert len(shapes) == 3 * 2 + 3 + 1 and profile.skipped == ()
     assert ("prefill", 0, 0, 16, 40) in shapes and ("mixed", 2, 16, 8, 0) in shapes
-    assert all(p.ms > 0 and len(p.samples_ms) == 2 and min(p.samples_ms) > 0
-               for p in profile.points)
+    # Decode shapes run min_decode_steps steps; shapes with a prompt chunk `repeats` times.
+    assert all(p.ms > 0 and len(p.samples_ms) == (4 if p.kind == "decode" else 2)
+               and min(p.samples_ms) > 0 for p in profile.points)
     assert profile.kv_capacity_tokens == 64 * 16 and profile.num_threads == 1
     model = fit_latency_model(profile, "tiny@cpu", "cpu", "tiny")
     path = tmp_path / "tiny.json"

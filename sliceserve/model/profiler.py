@@ -53,7 +53,12 @@ __all__ = ["DEFAULT_BATCH_SIZES", "DEFAULT_CONTEXT_LENGTHS", "DEFAULT_MIXED",
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 12, 16, 24, 32)
+# Dense where the edge workloads live (1-6 rows): the fitted table interpolates between
+# these, and one noisy point bends it for its neighbours.
+DEFAULT_BATCH_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+# A decode shape is timed over at least this many steps (cheap: 10-40 ms each on SmolLM2),
+# a prompt shape `repeats` times.
+MIN_DECODE_STEPS = 7
 DEFAULT_CONTEXT_LENGTHS = (256, 1024)
 # Up to 1024: the longest prompts of the `edge` workload. Not only powers of two: the cost per
 # token is bumpy in between (SmolLM2 on 2 cores: 0.41 ms at 256 tokens, 0.6 at 384, 0.52 at 512).
@@ -67,7 +72,7 @@ DEFAULT_PREFILL_CHUNKS: tuple[tuple[int, int], ...] = ((256, 512), (512, 512))
 QUICK: dict[str, Any] = {"batch_sizes": (1, 2, 4, 8, 16, 32), "context_lengths": (256, 1024),
                          "prefill_tokens": (32, 256, 1024),
                          "prefill_chunks": ((512, 512),), "mixed": (), "repeats": 1,
-                         "warmup": 0}
+                         "min_decode_steps": 3, "warmup": 0}
 CACHE_SCHEMA = "sliceserve.profile-cache/v1"
 _PROFILE_SLO = SLO(ttft_ms=1e6, tpot_ms=1e6)
 # Greedy, like the live runs: sampling cost is part of every measured iteration.
@@ -113,6 +118,7 @@ def profile_runner(runner: Runner, *, batch_sizes: Sequence[int] = DEFAULT_BATCH
                    prefill_chunks: Sequence[tuple[int, int]] = DEFAULT_PREFILL_CHUNKS,
                    mixed: Sequence[tuple[int, int, int]] = DEFAULT_MIXED, repeats: int = 3,
                    warmup: int = 1, model: str = "", seed: int = 0,
+                   min_decode_steps: int = MIN_DECODE_STEPS,
                    progress: Progress | None = None) -> Profile:
     """Median latency of `runner.execute` for every shape that fits the KV cache.
 
@@ -138,10 +144,14 @@ def profile_runner(runner: Runner, *, batch_sizes: Sequence[int] = DEFAULT_BATCH
     prefault_kv_cache(runner)
     runner.execute(_plan(runner, timed[0], rng, "setup"))  # one-time set-up: never timed
     samples: list[list[float]] = [[] for _ in timed]
-    total = (warmup + repeats) * len(timed)
+    decode_steps = max(repeats, min_decode_steps)
+    steps_of = [repeats if s.prefill else decode_steps for s in timed]
+    total = sum(warmup + n for n in steps_of)
+    done = 0
     for i, shape in enumerate(timed):
         decode_plan = _plan(runner, shape, rng, f"s{i}") if not shape.prefill else None
-        for rep in range(warmup + repeats):
+        steps = max(repeats, min_decode_steps) if decode_plan is not None else repeats
+        for rep in range(warmup + steps):
             # Decode rows continue step after step (their KV was just read: on a CPU, small
             # batches find it in cache); a prompt chunk is new every time.
             plan = decode_plan or _plan(runner, shape, rng, f"s{i}r{rep}")
@@ -150,8 +160,9 @@ def profile_runner(runner: Runner, *, batch_sizes: Sequence[int] = DEFAULT_BATCH
             ms = (time.perf_counter() - t0) * 1000.0
             if rep >= warmup:
                 samples[i].append(ms)
+            done += 1
             if progress is not None:
-                progress(i * (warmup + repeats) + rep + 1, total, shape.label())
+                progress(done, total, shape.label())
     facts = runner_facts(runner)
     return Profile(model=model, device=facts["device"], dtype=facts["dtype"],
                    num_threads=facts["num_threads"],
