@@ -144,25 +144,33 @@ def profile_runner(runner: Runner, *, batch_sizes: Sequence[int] = DEFAULT_BATCH
     prefault_kv_cache(runner)
     runner.execute(_plan(runner, timed[0], rng, "setup"))  # one-time set-up: never timed
     samples: list[list[float]] = [[] for _ in timed]
-    decode_steps = max(repeats, min_decode_steps)
-    steps_of = [repeats if s.prefill else decode_steps for s in timed]
-    total = sum(warmup + n for n in steps_of)
+    # `repeats` rounds over all shapes rather than all of a shape's runs at once: this
+    # machine's speed drifts by 10-20% over tens of seconds (other tenants' memory traffic;
+    # a decode at batch 1 streams all the weights), and every shape should see the same mix
+    # of fast and slow moments. A decode shape takes `warmup` untimed steps and its share of
+    # at least `min_decode_steps` timed ones per round; a prompt shape one fresh chunk.
+    decode_per_round = -(-max(repeats, min_decode_steps) // repeats)
+    plans = [_plan(runner, shape, rng, f"s{i}") if not shape.prefill else None
+             for i, shape in enumerate(timed)]
+    runs_of = [warmup + (decode_per_round if plan is not None else 1) for plan in plans]
+    total = sum(repeats * runs if plan is not None else warmup + repeats
+                for plan, runs in zip(plans, runs_of))
     done = 0
-    for i, shape in enumerate(timed):
-        decode_plan = _plan(runner, shape, rng, f"s{i}") if not shape.prefill else None
-        steps = max(repeats, min_decode_steps) if decode_plan is not None else repeats
-        for rep in range(warmup + steps):
-            # Decode rows continue step after step (their KV was just read: on a CPU, small
-            # batches find it in cache); a prompt chunk is new every time.
-            plan = decode_plan or _plan(runner, shape, rng, f"s{i}r{rep}")
-            t0 = time.perf_counter()
-            runner.execute(plan)
-            ms = (time.perf_counter() - t0) * 1000.0
-            if rep >= warmup:
-                samples[i].append(ms)
-            done += 1
-            if progress is not None:
-                progress(done, total, shape.label())
+    for round_ in range(repeats):
+        for i, shape in enumerate(timed):
+            first = 0 if plans[i] is not None or round_ == 0 else warmup
+            for rep in range(first, runs_of[i]):
+                # Decode rows continue step after step (their KV was just read: on a CPU,
+                # small batches find it in cache); a prompt chunk is new every time.
+                plan = plans[i] or _plan(runner, shape, rng, f"s{i}r{round_}.{rep}")
+                t0 = time.perf_counter()
+                runner.execute(plan)
+                ms = (time.perf_counter() - t0) * 1000.0
+                if rep >= warmup:
+                    samples[i].append(ms)
+                done += 1
+                if progress is not None:
+                    progress(done, total, shape.label())
     facts = runner_facts(runner)
     return Profile(model=model, device=facts["device"], dtype=facts["dtype"],
                    num_threads=facts["num_threads"],
