@@ -155,7 +155,7 @@ def test_run_can_profile_in_its_own_process_first(
     code, _, err = run_cli(capsys, "run", "-w", workload_file, "-p", "vllm", "-n", "3",
                            "--rate", "50", "--model", tiny_folder, "--dtype", "float32",
                            "--kv-cache-gb", "0.05", "--no-table", "--profile-out", profile,
-                           "--out", out)
+                           "--calibrated-out", tmp_path / "cal.json", "--out", out)
     assert code == 0, err
     from sliceserve.latency_model import LatencyModel
 
@@ -164,6 +164,10 @@ def test_run_can_profile_in_its_own_process_first(
     assert run["latency_model"] == model.name and "--profile-out" in model.notes
     points = json.loads(points_path(profile).read_text())
     assert len(points["fit"]) == len(points["profile"]["points"]) > 20
+    # The model rescaled to the run's own iterations, and how well it had predicted them.
+    calibrated = LatencyModel.load(str(tmp_path / "cal.json"))
+    assert calibrated.name == model.name + "+calibrated" and "live iterations" in calibrated.notes
+    assert "measured / predicted" in err and '"decode_iterations"' in err
 
 
 @pytest.mark.parametrize("args", [

@@ -5,6 +5,7 @@ They are plain functions here; `sliceserve.cli` registers them on the app, in he
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -136,6 +137,9 @@ def run(
         help="profile the model in this process first, run with that latency model and write "
         "it here (JSON; raw points beside it): a replay of the trace then simulates the very "
         "device state the run had")] = None,
+    calibrated_out: Annotated[Path | None, typer.Option(
+        help="also write the latency model rescaled to this run's measured iterations "
+        "(JSON), and print how well the model predicted them")] = None,
     table: TableOpt = True,
 ) -> None:
     """Serve a workload on the real engine, arrivals in wall time: a table and a result JSON."""
@@ -183,9 +187,19 @@ def run(
         traffic, engine.vocab_size, seed=seed,
         special_ids=getattr(engine.tokenizer, "all_special_ids", ()), encode=engine.encode)
     warm_up(engine.runner)
-    result = live.run_live(traffic, engine.runner, policy, model_lm, engine.config, requests,
+    from sliceserve.bench.calibrate import IterationRecorder, calibrate
+
+    recorder = IterationRecorder(engine.runner)
+    result = live.run_live(traffic, recorder, policy, model_lm, engine.config, requests,
                            policy_options=options, model_id=engine.model_name,
                            device=device_name(device), max_time_s=max_time_s)
+    if calibrated_out is not None:
+        from sliceserve.bench import profile_report as report
+
+        calibrated, fit = calibrate(model_lm, recorder.iterations)
+        _write(calibrated_out, report.latency_model_json(calibrated))
+        print(f"latency model vs this run's iterations (measured / predicted): "
+              f"{json.dumps(fit)}", file=sys.stderr)
     if table:
         _console().print(run_table(result))
     if out is not None:

@@ -1,0 +1,92 @@
+"""How well a latency model predicted a live run, and the model recalibrated on it.
+
+`IterationRecorder` wraps the engine's executor: every iteration's shape (what the latency
+model prices it by) and its measured duration. `calibrate` then scales the model's two parts
+so that its predictions of that run's iterations add up to what was measured: the decode part
+(per-row table, slope, context term) by the ratio over the decode-only iterations, the prompt
+part (per prompt token, per query-key pair) by the ratio of what remained of the iterations
+with prompt chunks once their decode part is taken out. The shape of the model, fitted on the
+device profile, is kept; only its two scales follow the device's speed during the run (on a
+shared CPU it drifts by 5-10% between minutes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from sliceserve.core.plan import ExecuteResult, Plan
+from sliceserve.engine.engine import Executor
+from sliceserve.latency_model import LatencyModel
+from sliceserve.sim.sim_executor import plan_shape
+
+
+@dataclass(frozen=True, slots=True)
+class Iteration:
+    rows: int
+    new_tokens: int
+    context_tokens: int
+    pairs: float
+    measured_ms: float
+
+
+@dataclass
+class IterationRecorder:
+    """An Executor that runs `executor` and records every iteration."""
+
+    executor: Executor
+    iterations: list[Iteration] = field(default_factory=list)
+
+    def execute(self, plan: Plan) -> ExecuteResult:
+        result = self.executor.execute(plan)
+        if plan.chunks:
+            self.iterations.append(Iteration(*plan_shape(plan), result.duration_s * 1000.0))
+        return result
+
+
+def _decode_part(model: LatencyModel, it: Iteration) -> float:
+    return model.decode_latency_ms(it.rows) + model.context_ms_per_token * it.context_tokens
+
+
+def calibrate(model: LatencyModel, iterations: list[Iteration],
+              ) -> tuple[LatencyModel, dict[str, Any]]:
+    """The model rescaled to the recorded iterations, and the figures behind it: per kind of
+    iteration, how many, and measured / predicted before and after."""
+    decode = [it for it in iterations if it.new_tokens == it.rows]
+    prompt = [it for it in iterations if it.new_tokens > it.rows]
+
+    def predicted(m: LatencyModel, its: list[Iteration]) -> float:
+        return sum(m.iteration_ms(it.rows, it.new_tokens, it.context_tokens, it.pairs)
+                   for it in its)
+
+    def measured(its: list[Iteration]) -> float:
+        return sum(it.measured_ms for it in its)
+
+    decode_scale = measured(decode) / predicted(model, decode) if decode else 1.0
+    prompt_scale = 1.0
+    if prompt:
+        rest = measured(prompt) - decode_scale * sum(_decode_part(model, it) for it in prompt)
+        part = predicted(model, prompt) - sum(_decode_part(model, it) for it in prompt)
+        if part > 0 and rest > 0:
+            prompt_scale = rest / part
+    calibrated = replace(
+        model,
+        name=f"{model.name}+calibrated",
+        decode_ms=tuple(v * decode_scale for v in model.decode_ms),
+        decode_slope_ms=model.decode_slope_ms * decode_scale,
+        context_ms_per_token=model.context_ms_per_token * decode_scale,
+        prefill_ms_per_token=model.prefill_ms_per_token * prompt_scale,
+        prefill_attention_ms_per_pair=model.prefill_attention_ms_per_pair * prompt_scale,
+        notes=(f"{model.notes} Recalibrated on {len(iterations)} live iterations: decode part "
+               f"x{decode_scale:.3f}, prompt part x{prompt_scale:.3f}.").strip())
+
+    def kind(its: list[Iteration]) -> dict[str, Any]:
+        if not its:
+            return {"iterations": 0}
+        return {"iterations": len(its), "measured_ms": round(measured(its), 1),
+                "measured_over_predicted": round(measured(its) / predicted(model, its), 4),
+                "after_calibration": round(measured(its) / predicted(calibrated, its), 4)}
+
+    return calibrated, {"decode_scale": round(decode_scale, 4),
+                        "prompt_scale": round(prompt_scale, 4),
+                        "decode_iterations": kind(decode), "prompt_iterations": kind(prompt)}
