@@ -41,13 +41,18 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def _decode_samples(profile: Profile) -> int:
+    """Timed steps per decode point (the profiler takes more than `repeats` of them)."""
+    return max((len(p.samples_ms) for p in profile.of_kind("decode")), default=profile.repeats)
+
+
 def decode_table(profile: Profile, model: LatencyModel) -> Table:
     """Measured decode ms: batch sizes down, contexts across, each with the fit's error."""
     points = {(p.batch_size, p.context_tokens): p for p in profile.of_kind("decode")}
     contexts = sorted({c for _, c in points})
     table = Table(title=f"decode iteration latency, ms ({profile.model}, {profile.device}, "
                   f"{profile.dtype}, {profile.num_threads} threads; median of "
-                  f"{profile.repeats})")
+                  f"{_decode_samples(profile)} steps)")
     table.add_column("batch", justify="right")
     for c in contexts:
         table.add_column(f"ctx {c}", justify="right")
@@ -151,7 +156,8 @@ def profile_markdown(profile: Profile, model: LatencyModel) -> str:
     contexts = sorted({c for _, c in decode})
     head = " | ".join(f"ctx {c} ms (fit err)" for c in contexts)
     lines = [f"Decode iteration latency, {profile.model} on {profile.device}, {profile.dtype}, "
-             f"{profile.num_threads} threads (median of {profile.repeats}; load average "
+             f"{profile.num_threads} threads (median of {_decode_samples(profile)} steps in "
+             f"{profile.repeats} rounds; load average "
              f"{profile.load_average}):", "", f"| batch | {head} | tok/s at ctx {contexts[0]} |",
              "|---:|" + "---:|" * (len(contexts) + 1)]
     for b in sorted({b for b, _ in decode}):
