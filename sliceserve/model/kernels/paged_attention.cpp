@@ -24,6 +24,15 @@ struct Task {
   float scale;
 };
 
+// The tile of up to kTile tokens from token `start`: within one block, so its slots are
+// consecutive. Returns (tokens, first slot).
+inline std::pair<int, int64_t> tile_at(const Task& task, int64_t start) {
+  const int64_t in_block = start % task.block_size;
+  const int n = static_cast<int>(std::min<int64_t>(
+      {static_cast<int64_t>(kTile), task.length - start, task.block_size - in_block}));
+  return {n, task.table[start / task.block_size] * task.block_size + in_block};
+}
+
 #ifdef SLICESERVE_AVX512
 
 template <typename T, int D, int G>
@@ -42,10 +51,7 @@ void decode_task(const T* q, const T* keys, const T* values, const Task& task, T
   }
   alignas(64) float s[G][kTile];
   for (int64_t start = 0; start < task.length; start += kTile) {
-    const int64_t block = start / task.block_size, in_block = start % task.block_size;
-    const int n = static_cast<int>(std::min<int64_t>(
-        {static_cast<int64_t>(kTile), task.length - start, task.block_size - in_block}));
-    const int64_t slot = task.table[block] * task.block_size + in_block;
+    const auto [n, slot] = tile_at(task, start);
     const T* k = keys + slot * D;
     const T* val = values + slot * D;
     for (int i = 0; i < n; ++i) {
@@ -99,10 +105,7 @@ void decode_task(const T* q, const T* keys, const T* values, const Task& task, T
     l[g] = 0.f;
   }
   for (int64_t start = 0; start < task.length; start += kTile) {
-    const int64_t block = start / task.block_size, in_block = start % task.block_size;
-    const int n = static_cast<int>(std::min<int64_t>(
-        {static_cast<int64_t>(kTile), task.length - start, task.block_size - in_block}));
-    const int64_t slot = task.table[block] * task.block_size + in_block;
+    const auto [n, slot] = tile_at(task, start);
     const T* k = keys + slot * D;
     const T* val = values + slot * D;
     for (int i = 0; i < n; ++i) {
