@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,22 @@ class LatencyModel:
                 + self.prefill_ms_per_token * (num_new_tokens - num_rows)
                 + self.context_ms_per_token * num_context_tokens
                 + self.prefill_attention_ms_per_pair * attention_pairs)
+
+    def decode_part_ms(self, num_rows: int, num_context_tokens: int = 0) -> float:
+        """The part of `iteration_ms` that every row pays (its slot and its context); the rest
+        is the prompt part (extra prompt tokens and their attention pairs)."""
+        if num_rows <= 0:
+            return 0.0
+        return self.decode_latency_ms(num_rows) + self.context_ms_per_token * num_context_tokens
+
+    def scaled(self, decode: float, prompt: float, name: str, notes: str) -> LatencyModel:
+        """This model with its decode part times `decode` and its prompt part times `prompt`."""
+        return replace(self, name=name, notes=notes,
+                       decode_ms=tuple(v * decode for v in self.decode_ms),
+                       decode_slope_ms=self.decode_slope_ms * decode,
+                       context_ms_per_token=self.context_ms_per_token * decode,
+                       prefill_ms_per_token=self.prefill_ms_per_token * prompt,
+                       prefill_attention_ms_per_pair=self.prefill_attention_ms_per_pair * prompt)
 
     def prefill_ms(self, num_tokens: int) -> float:
         """Latency of a prefill of `num_tokens` alone (batch 1)."""

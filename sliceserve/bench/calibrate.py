@@ -12,7 +12,7 @@ shared CPU it drifts by 5-10% between minutes).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from sliceserve.core.plan import ExecuteResult, Plan
@@ -44,10 +44,6 @@ class IterationRecorder:
         return result
 
 
-def _decode_part(model: LatencyModel, it: Iteration) -> float:
-    return model.decode_latency_ms(it.rows) + model.context_ms_per_token * it.context_tokens
-
-
 def calibrate(model: LatencyModel, iterations: list[Iteration],
               ) -> tuple[LatencyModel, dict[str, Any]]:
     """The model rescaled to the recorded iterations, and the figures behind it: per kind of
@@ -65,18 +61,13 @@ def calibrate(model: LatencyModel, iterations: list[Iteration],
     decode_scale = measured(decode) / predicted(model, decode) if decode else 1.0
     prompt_scale = 1.0
     if prompt:
-        rest = measured(prompt) - decode_scale * sum(_decode_part(model, it) for it in prompt)
-        part = predicted(model, prompt) - sum(_decode_part(model, it) for it in prompt)
+        decode_part = sum(model.decode_part_ms(it.rows, it.context_tokens) for it in prompt)
+        rest = measured(prompt) - decode_scale * decode_part
+        part = predicted(model, prompt) - decode_part
         if part > 0 and rest > 0:
             prompt_scale = rest / part
-    calibrated = replace(
-        model,
-        name=f"{model.name}+calibrated",
-        decode_ms=tuple(v * decode_scale for v in model.decode_ms),
-        decode_slope_ms=model.decode_slope_ms * decode_scale,
-        context_ms_per_token=model.context_ms_per_token * decode_scale,
-        prefill_ms_per_token=model.prefill_ms_per_token * prompt_scale,
-        prefill_attention_ms_per_pair=model.prefill_attention_ms_per_pair * prompt_scale,
+    calibrated = model.scaled(
+        decode_scale, prompt_scale, name=f"{model.name}+calibrated",
         notes=(f"{model.notes} Recalibrated on {len(iterations)} live iterations: decode part "
                f"x{decode_scale:.3f}, prompt part x{prompt_scale:.3f}.").strip())
 

@@ -122,9 +122,10 @@ def profile_runner(runner: Runner, *, batch_sizes: Sequence[int] = DEFAULT_BATCH
                    progress: Progress | None = None) -> Profile:
     """Median latency of `runner.execute` for every shape that fits the KV cache.
 
-    `prefill_chunks` are (new tokens, tokens already cached) of later prompt chunks. A decode
-    shape runs its rows `warmup + repeats` steps in a row, as a live batch does; a shape with
-    a prompt chunk gets a fresh one (new token ids, new blocks) every time, as live prefills
+    `prefill_chunks` are (new tokens, tokens already cached) of later prompt chunks. Shapes are
+    measured in `repeats` rounds over all of them. Per round, a decode shape runs its rows for
+    some steps in a row, as a live batch does (at least `min_decode_steps` timed in all); a
+    shape with a prompt chunk gets a fresh one (new token ids, new blocks), as live prefills
     are new (re-running one plan found its data in cache and ran 5-10% faster)."""
     if repeats < 1 or warmup < 0:
         raise ProfileError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
