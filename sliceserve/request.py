@@ -73,6 +73,28 @@ class SamplingParams:
         _require(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}")
 
 
+class FinishReason(str, enum.Enum):
+    """Why a request ended: a small closed set (the OpenAI `finish_reason` values plus
+    "rejected"). The cause in words, and a machine-readable code for rejections and aborts,
+    are kept beside it (`Request.finish_detail`, `Request.finish_code`)."""
+
+    STOP = "stop"  # an EOS token, a stop token id or a stop string
+    LENGTH = "length"  # max_tokens reached
+    ABORT = "abort"  # ended early by a caller (client gone, shutdown, time limit, error)
+    REJECTED = "rejected"  # never served: it could not run, or the policy refused it
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# Machine-readable causes (`Request.finish_code`) the core itself gives; policies and front
+# ends add their own (e.g. a server's "queue_full").
+CODE_CONTEXT_LENGTH = "context_length_exceeded"  # prompt + max_tokens > max_model_len
+CODE_KV_CAPACITY = "kv_cache_too_small"  # prompt + max_tokens > the whole KV cache
+CODE_SLO_INFEASIBLE = "slo_infeasible"  # a policy found the SLO cannot be met
+CODE_ABORTED = "aborted"  # abort() without a more specific cause
+
+
 class RequestStatus(enum.Enum):
     WAITING = "waiting"  # holds no KV cache: new, or preempted by recompute
     RUNNING = "running"  # holds KV cache; computes when the policy puts it in a plan
@@ -112,7 +134,9 @@ class Request:
     token_times_s: list[float] = field(default_factory=list)  # engine clock, one per output
     num_preemptions: int = 0
     finish_s: float | None = None
-    finish_reason: str | None = None  # "length", "stop", or the rejection / abort reason
+    finish_reason: FinishReason | None = None
+    finish_code: str | None = None  # machine-readable cause of a rejection or abort
+    finish_detail: str | None = None  # the cause in words (a rejection reason, a stop string)
 
     def __post_init__(self) -> None:
         _require(bool(self.request_id), "request_id must be non-empty")

@@ -150,7 +150,8 @@ def test_a_request_that_can_never_fit_is_rejected_with_one_final_output(
     assert len(outs) == 1
     out = outs[0]
     assert out.finished and out.status == "rejected" and out.token_ids == ()
-    assert "max_model_len 128" in out.finish_reason and out.metrics.met is False
+    assert out.finish_reason == "rejected" and out.finish_code == "context_length_exceeded"
+    assert "max_model_len 128" in (out.finish_detail or "") and out.metrics.met is False
 
 
 def test_bad_prompts_and_duplicate_ids_raise_in_the_caller(live: LiveEngine) -> None:

@@ -37,7 +37,7 @@ from sliceserve.core.plan import ExecuteResult, Plan
 from sliceserve.engine.engine import Engine
 from sliceserve.latency_model import LatencyModel
 from sliceserve.policies.registry import make_policy, policy_names
-from sliceserve.request import SLO, Request, RequestStatus, SamplingParams
+from sliceserve.request import SLO, FinishReason, Request, RequestStatus, SamplingParams
 from sliceserve.sim.sim_executor import SimExecutor
 from sliceserve.sim.simulator import STALL_REASON, SimulationResult, simulate
 
@@ -59,6 +59,10 @@ WITH_CONTEXT = LatencyModel(name="ctx", decode_ms=(8.0, 10.0, 12.0, 15.0), decod
 LATENCY_MODELS = {"paper": PAPER, "ctx": WITH_CONTEXT}
 FINAL = {RequestStatus.COMPLETED, RequestStatus.REJECTED, RequestStatus.ABORTED}
 TEST_ABORT = "aborted by the test"
+# In the simulator no EOS is sampled, so a completed request ran to max_tokens.
+_REASON_OF = {RequestStatus.COMPLETED: FinishReason.LENGTH,
+              RequestStatus.REJECTED: FinishReason.REJECTED,
+              RequestStatus.ABORTED: FinishReason.ABORT}
 # Examples per policy; raise it for a longer hunt: SLICESERVE_INVARIANT_EXAMPLES=2000 pytest ...
 MAX_EXAMPLES = int(os.environ.get("SLICESERVE_INVARIANT_EXAMPLES", "40"))
 
@@ -256,7 +260,10 @@ def check_final(result: SimulationResult, requests: list[Request], checker: Chec
     for r in requests:
         assert r.status in FINAL, f"{r.request_id} ended {r.status}"
         assert r.finish_s is not None and r.finish_s >= r.arrival_s
-        assert r.finish_reason, f"{r.request_id} ended {r.status.value} without a reason"
+        assert r.finish_reason is _REASON_OF[r.status], f"{r.request_id}: {r.finish_reason}"
+        if r.status is not RequestStatus.COMPLETED:
+            assert r.finish_code and r.finish_detail, (
+                f"{r.request_id} ended {r.status.value} without a reason")
         assert len(r.token_times_s) == len(r.output_token_ids) <= r.max_tokens
         times = r.token_times_s
         assert all(t >= r.arrival_s for t in times), f"{r.request_id}: a token before arrival"
@@ -265,9 +272,9 @@ def check_final(result: SimulationResult, requests: list[Request], checker: Chec
             assert r.num_output_tokens == r.max_tokens and r.finish_reason == "length"
             assert r.finish_s == times[-1]
         elif r.status is RequestStatus.ABORTED:
-            assert r.finish_reason != STALL_REASON, (
+            assert r.finish_detail != STALL_REASON, (
                 f"the policy stalled: it scheduled nothing while {r.request_id} was pending")
-            assert r.finish_reason == TEST_ABORT or case.max_time_s is not None
+            assert r.finish_detail == TEST_ABORT or case.max_time_s is not None
         never_fits = r.num_prompt_tokens + r.max_tokens > min(cfg.max_model_len,
                                                                cfg.kv_capacity_tokens)
         if never_fits:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sliceserve.core.kv_blocks import BlockManager, blocks_for_tokens
+from sliceserve.core.kv_blocks import BlockManager, KVCacheFull, blocks_for_tokens
 from sliceserve.request import SLO, Request, SamplingParams
 
 
@@ -70,7 +70,7 @@ def test_allocation_beyond_capacity_raises_and_changes_nothing() -> None:
     bm.allocate(a, 12)  # 3 blocks
     assert not bm.can_allocate(b, 8)
     assert bm.can_allocate(b, 4)
-    with pytest.raises(MemoryError, match="KV cache exhausted"):
+    with pytest.raises(KVCacheFull, match="KV cache exhausted"):
         bm.allocate(b, 8)
     assert bm.num_held("b") == 0 and bm.num_free_blocks == 1
     bm.check_conserved()
@@ -119,7 +119,7 @@ def test_conservation_under_random_allocate_free_sequence() -> None:
                 bm.allocate(r, n)
                 r.num_computed_tokens += n
             else:
-                with pytest.raises(MemoryError):
+                with pytest.raises(KVCacheFull):
                     bm.allocate(r, n)
         bm.check_conserved()
         held = sum(bm.num_held(rid) for rid in live)

@@ -171,7 +171,8 @@ def test_reject_infeasible_rejects_with_a_reason() -> None:
     late = req(arrival_s=0.01, out=10, ttft_ms=5)
     run("slice", [*rows, late], reject_infeasible=True)
     assert late.status is RequestStatus.REJECTED
-    assert late.finish_reason and "SLO" in late.finish_reason
+    assert late.finish_reason == "rejected" and late.finish_code == "slo_infeasible"
+    assert late.finish_detail and "SLO" in late.finish_detail
 
 
 def test_ttft_urgency_serves_the_urgent_request_first() -> None:

@@ -22,9 +22,10 @@ from sliceserve.policies.base import (
     Policy,
     PolicyError,
     PolicyOptions,
+    Rejection,
     SchedulerView,
 )
-from sliceserve.request import SLO, Request, RequestStatus, SamplingParams
+from sliceserve.request import SLO, FinishReason, Request, RequestStatus, SamplingParams
 from sliceserve.sim.sim_executor import SimExecutor
 
 LATENCY = LatencyModel(name="test", decode_ms=(10.0, 12.0), decode_slope_ms=2.0,
@@ -141,10 +142,12 @@ def test_request_longer_than_max_model_len_is_rejected_at_once_with_a_reason() -
     r = make_request("long", prompt=40, max_tokens=9)  # 49 > 48
     s.add_request(r, 1.5)
     assert r.status is RequestStatus.REJECTED
-    assert r.finish_reason and "max_model_len" in r.finish_reason
+    assert r.finish_reason is FinishReason.REJECTED and r.finish_code == "context_length_exceeded"
+    assert r.finish_detail and "max_model_len" in r.finish_detail
     assert r.finish_s == 1.5
     assert not s.has_unfinished() and list(s.waiting) == []
-    assert policy.arrived == [] and policy.finished == [("long", RequestStatus.REJECTED)]
+    # The policy never saw it arrive, so it hears of no end either: its hooks pair up.
+    assert policy.arrived == [] and policy.finished == []
     ok = make_request("ok", prompt=40, max_tokens=8)  # exactly 48 fits
     s.add_request(ok, 1.5)
     assert ok.status is RequestStatus.WAITING
@@ -157,7 +160,8 @@ def test_request_larger_than_the_kv_cache_is_rejected_at_once_with_a_reason() ->
     r = make_request("big", prompt=15, max_tokens=6)
     s.add_request(r, 0.0)
     assert r.status is RequestStatus.REJECTED
-    assert r.finish_reason and "KV cache" in r.finish_reason
+    assert r.finish_reason is FinishReason.REJECTED and r.finish_code == "kv_cache_too_small"
+    assert r.finish_detail and "KV cache" in r.finish_detail
     fits = make_request("fits", prompt=15, max_tokens=5)
     s.add_request(fits, 0.0)
     assert fits.status is RequestStatus.WAITING
@@ -319,7 +323,8 @@ def test_finish_request_completes_early_with_the_given_reason() -> None:
 def test_finished_listeners_hear_every_end() -> None:
     s, policy = make_scheduler()
     heard: list[tuple[str, str | None]] = []
-    s.finished_listeners.append(lambda r: heard.append((r.request_id, r.finish_reason)))
+    s.finished_listeners.append(lambda r: heard.append((r.request_id, r.finish_detail
+                                                        or r.finish_reason)))
     s.add_request(make_request("long", prompt=60), 0.0)
     s.add_request(make_request("a", max_tokens=1), 0.0)
     s.add_request(make_request("b"), 0.0)
@@ -408,7 +413,8 @@ def test_abort_from_waiting() -> None:
     s.add_request(a, 0.0)
     s.add_request(b, 0.0)
     assert s.abort("a", 2.0, "client disconnected")
-    assert a.status is RequestStatus.ABORTED and a.finish_reason == "client disconnected"
+    assert a.status is RequestStatus.ABORTED and a.finish_reason is FinishReason.ABORT
+    assert a.finish_detail == "client disconnected" and a.finish_code == "aborted"
     assert a.finish_s == 2.0
     assert list(s.waiting) == [b] and s.get("a") is None
     assert policy.finished == [("a", RequestStatus.ABORTED)]
@@ -425,7 +431,8 @@ def test_abort_from_running_frees_its_blocks() -> None:
     run(s, policy, Decision(batch=[(a, 9), (b, 9)]))
     assert s.blocks.num_held("a") == 3
     assert s.abort("a", 1.0)
-    assert a.status is RequestStatus.ABORTED and a.finish_reason == "aborted"
+    assert a.status is RequestStatus.ABORTED and a.finish_reason == "abort"
+    assert a.finish_code == "aborted"
     assert s.blocks.num_held("a") == 0
     assert s.blocks.num_free_blocks == CONFIG.num_kv_blocks - 3
     assert list(s.running) == [b]
@@ -452,9 +459,12 @@ def test_policy_rejection_ends_the_request_with_its_reason() -> None:
     s.add_request(a, 0.0)
     s.add_request(b, 0.0)
     run(s, policy, Decision(batch=[(b, 6)]))
-    run(s, policy, Decision(reject=[(a, "SLO infeasible"), (b, "triaged")]), now_s=1.0)
-    assert a.status is RequestStatus.REJECTED and a.finish_reason == "SLO infeasible"
-    assert b.status is RequestStatus.REJECTED and b.finish_reason == "triaged"
+    run(s, policy, Decision(reject=[Rejection(a, "SLO infeasible"),
+                                    Rejection(b, "triaged", code="triaged")]), now_s=1.0)
+    assert a.status is RequestStatus.REJECTED and a.finish_reason is FinishReason.REJECTED
+    assert a.finish_detail == "SLO infeasible" and a.finish_code == "slo_infeasible"
+    assert b.status is RequestStatus.REJECTED and b.finish_reason == "rejected"
+    assert b.finish_detail == "triaged" and b.finish_code == "triaged"
     assert b.num_output_tokens == 1  # a running request may be rejected too
     assert s.blocks.num_free_blocks == CONFIG.num_kv_blocks
     assert not s.has_unfinished()
@@ -492,23 +502,64 @@ def _bad_decision(case: str, s: Scheduler, policy: ScriptedPolicy) -> Decision:
     if case == "preempt_unknown":
         return Decision(preempt=[make_request("stranger")])
     if case == "reject_unknown":
-        return Decision(reject=[(make_request("stranger"), "no")])
+        return Decision(reject=[Rejection(make_request("stranger"), "no")])
+    if case == "reject_twice":
+        return Decision(reject=[Rejection(a, "no"), Rejection(a, "no")])
+    if case == "preempt_twice":
+        run(s, policy, Decision(batch=[(a, 8)]))
+        return Decision(preempt=[a, a])
+    if case == "preempt_rejected":
+        run(s, policy, Decision(batch=[(a, 8)]))
+        return Decision(reject=[Rejection(a, "no")], preempt=[a])
+    if case == "good_parts_then_bad_batch":  # valid rejection and preemption, then too many
+        run(s, policy, Decision(batch=[(a, 8), (b, 8)]))  # 4 of 6 blocks
+        return Decision(reject=[Rejection(c, "no")], preempt=[a],
+                        batch=[(d, 9), (b, 1), (a, 9)])  # 3 rows > 2
+    if case == "kv_after_preemption":  # the freed blocks counted, still too few
+        run(s, policy, Decision(batch=[(a, 4), (b, 8)]))  # 3 of 6 blocks
+        return Decision(preempt=[a], batch=[(c, 9), (d, 5)])  # 5 blocks needed, 4 free
     assert case == "reject_then_batch"
-    return Decision(reject=[(a, "no")], batch=[(a, 6)])
+    return Decision(reject=[Rejection(a, "no")], batch=[(a, 6)])
+
+
+def _state(s: Scheduler) -> tuple[object, ...]:
+    requests = [s.get(f"r{i}") for i in range(4)]
+    return (tuple(r.request_id for r in s.waiting), tuple(r.request_id for r in s.running),
+            s.blocks.num_free_blocks,
+            tuple((r.status, r.num_computed_tokens, r.num_preemptions,
+                   tuple(s.blocks.block_table(r.request_id))) if r else None
+                  for r in requests))
 
 
 @pytest.mark.parametrize("case", [
     "token_budget", "rows", "kv", "unknown", "finished", "zero_tokens", "past_the_end",
     "twice", "preempt_waiting", "preempt_unknown", "reject_unknown", "reject_then_batch",
+    "reject_twice", "preempt_twice", "preempt_rejected", "good_parts_then_bad_batch",
+    "kv_after_preemption",
 ])
-def test_bad_decisions_raise_policy_error(case: str) -> None:
+def test_bad_decisions_raise_policy_error_and_change_nothing(case: str) -> None:
     s, policy = make_scheduler(BAD_CONFIG)
     for i in range(4):
         s.add_request(make_request(f"r{i}", prompt=9, max_tokens=4), 0.0)
     decision = _bad_decision(case, s, policy)
     policy.decide = lambda view: decision
+    before = _state(s)
     with pytest.raises(PolicyError):
         s.schedule(1.0)
+    assert _state(s) == before  # checked whole before anything was applied
+    s.blocks.check_conserved()
+
+
+def test_a_preempted_request_may_be_readmitted_in_the_same_decision() -> None:
+    s, policy = make_scheduler(BAD_CONFIG)
+    a, b = make_request("a", prompt=9, max_tokens=4), make_request("b", prompt=9, max_tokens=4)
+    s.add_request(a, 0.0)
+    s.add_request(b, 0.0)
+    run(s, policy, Decision(batch=[(a, 8), (b, 8)]))  # 4 of 6 blocks
+    plan = run(s, policy, Decision(preempt=[a], batch=[(a, 9)]), now_s=1.0)  # recompute
+    assert plan.preempted_ids == ("a",) and plan.chunks[0].num_computed_tokens == 0
+    assert a.status is RequestStatus.RUNNING and a.num_preemptions == 1
+    assert s.blocks.num_held("a") == 3
 
 
 def test_budget_exactly_at_the_limits_is_accepted() -> None:
@@ -577,5 +628,6 @@ def test_engine_abort_uses_the_clock() -> None:
     engine = Engine(s, SimExecutor(LATENCY), VirtualClock(2.5))
     a = make_request("a")
     engine.add_request(a)
-    assert engine.abort("a", "bye")
-    assert a.finish_s == 2.5 and a.finish_reason == "bye"
+    assert engine.abort("a", "bye", code="client_gone")
+    assert a.finish_s == 2.5 and a.finish_reason == "abort"
+    assert (a.finish_detail, a.finish_code) == ("bye", "client_gone")

@@ -117,7 +117,8 @@ def test_a_stalled_policy_ends_the_run_with_aborts() -> None:
     reqs = [make_request("a", 0.0), make_request("b", 1.0)]
     result = simulate(reqs, IdlePolicy(PolicyOptions(), LATENCY, CONFIG), LATENCY, CONFIG)
     assert [r.status for r in result.requests] == [RequestStatus.ABORTED] * 2
-    assert all(r.finish_reason == STALL_REASON for r in result.requests)
+    assert all(r.finish_detail == STALL_REASON and r.finish_code == "stalled"
+               for r in result.requests)
     assert result.requests[1].finish_s == pytest.approx(1.0)
     assert result.num_iterations == 0
 
@@ -128,9 +129,11 @@ def test_time_limit_aborts_what_is_unfinished_and_later_arrivals() -> None:
     result = simulate(reqs, orca(), LATENCY, CONFIG, max_time_s=0.5)
     quick, slow, late = result.requests
     assert quick.status is RequestStatus.COMPLETED
-    assert slow.status is RequestStatus.ABORTED and "time limit" in (slow.finish_reason or "")
+    assert slow.status is RequestStatus.ABORTED and "time limit" in (slow.finish_detail or "")
+    assert slow.finish_reason == "abort" and slow.finish_code == "time_limit"
     assert 0 < slow.num_output_tokens < 100
-    assert late.status is RequestStatus.ABORTED and "time limit" in (late.finish_reason or "")
+    assert late.status is RequestStatus.ABORTED and "time limit" in (late.finish_detail or "")
+    assert late.finish_code == "time_limit"
     assert late.finish_s == 50.0  # aborted on arrival, never before it
     assert slow.finish_s is not None and 0.5 <= slow.finish_s < 0.6
     assert len(result.requests) == 3
@@ -141,7 +144,8 @@ def test_requests_that_never_fit_are_rejected_and_reported() -> None:
     result = simulate(reqs, orca(), LATENCY, CONFIG)
     ok, huge = result.requests
     assert ok.status is RequestStatus.COMPLETED
-    assert huge.status is RequestStatus.REJECTED and "max_model_len" in (huge.finish_reason or "")
+    assert huge.status is RequestStatus.REJECTED and "max_model_len" in (huge.finish_detail or "")
+    assert huge.finish_code == "context_length_exceeded"
 
 
 def test_on_step_sees_the_engine_after_every_step() -> None:

@@ -60,7 +60,7 @@ def serve_live(engine: Engine, requests: Sequence[Request], *, max_time_s: float
 
     pending, iterations = serve_arrivals(
         engine, requests, wait_until, max_time_s=max_time_s, on_step=on_step,
-        limit_reason=f"aborted: run time limit {max_time_s} s reached")
+        limit_reason=f"run time limit {max_time_s} s reached")
     end = max((r.finish_s or 0.0 for r in pending), default=0.0)
     last_arrival = max((r.arrival_s for r in pending), default=0.0)
     return LiveResult(pending, max(end, last_arrival), iterations)

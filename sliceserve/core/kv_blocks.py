@@ -9,6 +9,10 @@ from sliceserve.config import blocks_for_tokens  # noqa: F401  (re-exported for 
 from sliceserve.request import Request
 
 
+class KVCacheFull(RuntimeError):
+    """Too few free KV blocks for an allocation (nothing was changed)."""
+
+
 class BlockManager:
     """Block placement keeps each request's blocks consecutive where it can: a new request
     starts at the first free run long enough for its prompt plus max_tokens (next-fit, from
@@ -52,11 +56,11 @@ class BlockManager:
     def allocate(self, request: Request, num_new_tokens: int) -> list[int]:
         """Extend the request's table to cover `num_new_tokens` more tokens; return the table.
 
-        Raises MemoryError, changing nothing, when too few blocks are free.
+        Raises KVCacheFull, changing nothing, when too few blocks are free.
         """
         needed = self.num_needed(request, num_new_tokens)
         if needed > self._num_free:
-            raise MemoryError(
+            raise KVCacheFull(
                 f"KV cache exhausted: {request.request_id} needs {needed} blocks, "
                 f"{self._num_free} free"
             )

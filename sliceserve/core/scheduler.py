@@ -17,7 +17,14 @@ from sliceserve.config import SchedulerConfig
 from sliceserve.core.kv_blocks import BlockManager
 from sliceserve.core.plan import ExecuteResult, Plan, ScheduledChunk, StepOutput
 from sliceserve.policies.base import Decision, Policy, PolicyError, RequestView
-from sliceserve.request import Request, RequestStatus
+from sliceserve.request import (
+    CODE_ABORTED,
+    CODE_CONTEXT_LENGTH,
+    CODE_KV_CAPACITY,
+    FinishReason,
+    Request,
+    RequestStatus,
+)
 
 FinishListener = Callable[[Request], None]
 
@@ -98,28 +105,34 @@ class Scheduler:
         self._next_seq += 1
         self._insert_waiting(request)
         self.view.now_s = now_s
-        reason = self._never_fits(request)
-        if reason:
-            self._finish(request, RequestStatus.REJECTED, reason, now_s)
+        never = self._never_fits(request)
+        if never is not None:
+            code, detail = never
+            self._finish(request, RequestStatus.REJECTED, FinishReason.REJECTED, now_s,
+                         code=code, detail=detail, tell_policy=False)
             return
         self.policy.on_arrival(request, self.view)
 
-    def abort(self, request_id: str, now_s: float, reason: str = "aborted") -> bool:
+    def abort(self, request_id: str, now_s: float, detail: str = "aborted",
+              code: str = CODE_ABORTED) -> bool:
+        """End an unfinished request now (False if there is none by that id)."""
         request = self._requests.get(request_id)
         if request is None:
             return False
-        self._finish(request, RequestStatus.ABORTED, reason, now_s)
+        self._finish(request, RequestStatus.ABORTED, FinishReason.ABORT, now_s, code=code,
+                     detail=detail)
         return True
 
-    def _never_fits(self, request: Request) -> str | None:
+    def _never_fits(self, request: Request) -> tuple[str, str] | None:
         total = request.num_prompt_tokens + request.max_tokens
         cfg = self.config
         if total > cfg.max_model_len:
-            return (f"prompt ({request.num_prompt_tokens}) + max_tokens ({request.max_tokens}) "
-                    f"= {total} tokens exceeds max_model_len {cfg.max_model_len}")
+            return CODE_CONTEXT_LENGTH, (
+                f"prompt ({request.num_prompt_tokens}) + max_tokens ({request.max_tokens}) "
+                f"= {total} tokens exceeds max_model_len {cfg.max_model_len}")
         if total > cfg.kv_capacity_tokens:
-            return (f"prompt + max_tokens = {total} tokens exceeds the KV cache "
-                    f"({cfg.kv_capacity_tokens} tokens)")
+            return CODE_KV_CAPACITY, (f"prompt + max_tokens = {total} tokens exceeds the KV "
+                                      f"cache ({cfg.kv_capacity_tokens} tokens)")
         return None
 
     # --- one iteration ---
@@ -131,48 +144,83 @@ class Scheduler:
         decision = self.policy.schedule(self.view)
         return self._apply(decision, now_s)
 
-    def _apply(self, decision: Decision, now_s: float) -> Plan:
-        for view, reason in decision.reject:
-            self._finish(self._own(view), RequestStatus.REJECTED, reason, now_s)
-        preempted = []
+    def _check(self, decision: Decision) -> None:
+        """Raise PolicyError if any part of `decision` breaks a limit; changes nothing.
+
+        Checked as it will be applied: rejected and preempted requests hold no KV and no
+        computed tokens afterwards, so a preempted request may be re-admitted in the batch."""
+        requests = self._requests
+        gone: set[str] = set()
+        for rejection in decision.reject:
+            rid = rejection.request.request_id
+            if rid not in requests or rid in gone:
+                raise PolicyError(f"cannot reject {rid!r}: unknown, finished or listed twice")
+            gone.add(rid)
+        reset: set[str] = set()
+        freed = 0
+        blocks = self.blocks
         for view in decision.preempt:
-            request = self._own(view)
+            rid = view.request_id
+            request = requests.get(rid)
+            if request is None or rid in gone or rid in reset:
+                raise PolicyError(f"cannot preempt {rid!r}: unknown, finished, rejected or "
+                                  f"listed twice")
             if request.status is not RequestStatus.RUNNING:
-                raise PolicyError(
-                    f"cannot preempt {request.request_id}: it is {request.status.value}")
-            self._preempt(request)
-            preempted.append(request.request_id)
+                raise PolicyError(f"cannot preempt {rid}: it is {request.status.value}")
+            reset.add(rid)
+        for rid in gone | reset:
+            freed += blocks.num_held(rid)
         if len(decision.batch) > self.config.max_num_seqs:
             raise PolicyError(f"batch of {len(decision.batch)} rows exceeds max_num_seqs "
                               f"{self.config.max_num_seqs}")
-        chunks = []
+        seen: set[str] = set()
         num_tokens = 0
-        blocks = self.blocks
-        requests = self._requests
-        seen = set()
+        needed = 0
+        block_size = self.config.block_size
         for view, num_new in decision.batch:
             rid = view.request_id
             request = requests.get(rid)
-            if request is None:
-                raise PolicyError(f"policy named unknown or finished request {rid!r}")
-            computed = request.num_computed_tokens
+            if request is None or rid in gone:
+                raise PolicyError(f"policy named unknown, finished or rejected request {rid!r}")
+            computed = 0 if rid in reset else request.num_computed_tokens
             total = request.num_prompt_tokens + len(request.output_token_ids)
             if rid in seen or num_new < 1 or computed + num_new > total:
                 raise PolicyError(f"bad batch entry for {rid}: {num_new} tokens at "
                                   f"{computed}/{total} (or listed twice)")
             seen.add(rid)
-            try:
-                table = blocks.allocate(request, num_new)
-            except MemoryError as e:
-                raise PolicyError(f"policy overcommitted the KV cache: {e}") from None
-            if request.status is RequestStatus.WAITING:
-                self._admit(request)
             num_tokens += num_new
-            chunks.append(ScheduledChunk(request, num_new, computed, computed + num_new == total,
-                                         tuple(table)))
+            held = 0 if rid in reset else blocks.num_held(rid)
+            needed += max(0, -(-(computed + num_new) // block_size) - held)
         if num_tokens > self.config.max_num_batched_tokens:
             raise PolicyError(f"batch of {num_tokens} tokens exceeds the budget "
                               f"{self.config.max_num_batched_tokens}")
+        free = blocks.num_free_blocks + freed
+        if needed > free:
+            raise PolicyError(f"policy overcommitted the KV cache: the batch needs {needed} "
+                              f"more blocks, {free} would be free")
+
+    def _apply(self, decision: Decision, now_s: float) -> Plan:
+        self._check(decision)
+        for rejection in decision.reject:
+            self._finish(self._requests[rejection.request.request_id], RequestStatus.REJECTED,
+                         FinishReason.REJECTED, now_s, code=rejection.code,
+                         detail=rejection.detail)
+        preempted = []
+        for view in decision.preempt:
+            self._preempt(self._requests[view.request_id])
+            preempted.append(view.request_id)
+        chunks = []
+        allocate = self.blocks.allocate
+        requests = self._requests
+        for view, num_new in decision.batch:
+            request = requests[view.request_id]
+            computed = request.num_computed_tokens
+            table = allocate(request, num_new)  # cannot fail: checked above
+            if request.status is RequestStatus.WAITING:
+                self._admit(request)
+            total = request.num_prompt_tokens + len(request.output_token_ids)
+            chunks.append(ScheduledChunk(request, num_new, computed, computed + num_new == total,
+                                         tuple(table)))
         return Plan(now_s=now_s, chunks=tuple(chunks), preempted_ids=tuple(preempted))
 
     def update(self, plan: Plan, result: ExecuteResult, now_s: float) -> StepOutput:
@@ -198,28 +246,24 @@ class Scheduler:
             new_tokens.append((request, token))
             sampling = request.sampling
             if len(request.output_token_ids) >= sampling.max_tokens:
-                reason = "length"
+                reason = FinishReason.LENGTH
             elif token in sampling.stop_token_ids or (not sampling.ignore_eos and token in eos):
-                reason = "stop"
+                reason = FinishReason.STOP
             else:
                 continue
             self._finish(request, RequestStatus.COMPLETED, reason, now_s)
             finished.append(request)
         return StepOutput(now_s=now_s, new_tokens=tuple(new_tokens), finished=tuple(finished))
 
-    def finish_request(self, request_id: str, reason: str, now_s: float) -> None:
-        """Complete a request early (e.g. the engine matched a stop string)."""
+    def finish_request(self, request_id: str, reason: FinishReason | str, now_s: float,
+                       detail: str | None = None) -> None:
+        """Complete a request early (e.g. the engine matched a stop string: `detail`)."""
         request = self._requests.get(request_id)
         if request is not None:
-            self._finish(request, RequestStatus.COMPLETED, reason, now_s)
+            self._finish(request, RequestStatus.COMPLETED, FinishReason(reason), now_s,
+                         detail=detail)
 
     # --- state changes ---
-    def _own(self, view: RequestView) -> Request:
-        request = self._requests.get(view.request_id)
-        if request is None:
-            raise PolicyError(f"policy named unknown or finished request {view.request_id!r}")
-        return request
-
     def _insert_waiting(self, request: Request) -> None:
         key = (request.arrival_s, self._seq[request.request_id])
         i = bisect.bisect_right(self._waiting_keys, key)
@@ -236,6 +280,7 @@ class Scheduler:
         self._remove_waiting(request)
         request.status = RequestStatus.RUNNING
         self._running.append(request)
+        self.policy.on_admit(request, self.view)
 
     def _preempt(self, request: Request) -> None:
         """Recompute preemption: drop the KV, keep the output tokens, wait again."""
@@ -245,8 +290,11 @@ class Scheduler:
         request.num_preemptions += 1
         request.status = RequestStatus.WAITING
         self._insert_waiting(request)
+        self.policy.on_preempt(request, self.view)
 
-    def _finish(self, request: Request, status: RequestStatus, reason: str, now_s: float) -> None:
+    def _finish(self, request: Request, status: RequestStatus, reason: FinishReason,
+                now_s: float, *, code: str | None = None, detail: str | None = None,
+                tell_policy: bool = True) -> None:
         if request.status is RequestStatus.RUNNING:
             self._running.remove(request)
         else:
@@ -256,7 +304,10 @@ class Scheduler:
         del self._seq[request.request_id]
         request.status = status
         request.finish_reason = reason
+        request.finish_code = code
+        request.finish_detail = detail
         request.finish_s = now_s
-        self.policy.on_finish(request, self.view)
+        if tell_policy:
+            self.policy.on_finish(request, self.view)
         for listener in self.finished_listeners:
             listener(request)

@@ -8,12 +8,14 @@ from collections.abc import Callable, Sequence
 from sliceserve.engine.engine import Engine
 from sliceserve.request import Request
 
-STALL_REASON = "aborted: the policy scheduled nothing while requests were pending"
+STALL_REASON = "the policy scheduled nothing while requests were pending"
+CODE_STALLED = "stalled"
+CODE_TIME_LIMIT = "time_limit"
 
 
 def serve_arrivals(engine: Engine, requests: Sequence[Request],
                    wait_until: Callable[[float], None], *, max_time_s: float | None = None,
-                   limit_reason: str = "aborted: time limit reached",
+                   limit_reason: str = "time limit reached",
                    on_step: Callable[[Engine], None] | None = None,
                    ) -> tuple[list[Request], int]:
     """Feed `requests` (fresh; `arrival_s` on the engine's clock) when the clock reaches them
@@ -32,7 +34,7 @@ def serve_arrivals(engine: Engine, requests: Sequence[Request],
             engine.add_request(pending[i])
             i += 1
         if max_time_s is not None and now >= max_time_s:
-            _abort_all(engine, limit_reason)
+            _abort_all(engine, limit_reason, CODE_TIME_LIMIT)
             break
         out = engine.step()
         if on_step is not None:
@@ -42,15 +44,15 @@ def serve_arrivals(engine: Engine, requests: Sequence[Request],
         elif i < n:
             wait_until(pending[i].arrival_s)
         elif engine.has_unfinished():
-            _abort_all(engine, STALL_REASON)
+            _abort_all(engine, STALL_REASON, CODE_STALLED)
     scheduler = engine.scheduler
     for request in pending[i:]:  # arrivals after the time limit still count: aborted at once
         scheduler.add_request(request, request.arrival_s)  # so that finish_s >= arrival_s
-        scheduler.abort(request.request_id, request.arrival_s, limit_reason)
+        scheduler.abort(request.request_id, request.arrival_s, limit_reason, CODE_TIME_LIMIT)
     return pending, iterations
 
 
-def _abort_all(engine: Engine, reason: str) -> None:
+def _abort_all(engine: Engine, detail: str, code: str) -> None:
     scheduler = engine.scheduler
     for request in [*scheduler.running, *scheduler.waiting]:
-        engine.abort(request.request_id, reason)
+        engine.abort(request.request_id, detail, code)

@@ -12,8 +12,9 @@ per request (`loop.call_soon_threadsafe`).
         print(out.delta_text, end="")
     await engine.shutdown()
 
-Every request ends exactly once, with a final output (`finished=True`): completed ("stop" /
-"length"), rejected (finish_reason = the reason) or aborted ("abort"). A consumer that stops
+Every request ends exactly once, with a final output (`finished=True`): completed
+(finish_reason "stop" / "length"), rejected ("rejected", with `finish_code` and
+`finish_detail` saying why) or aborted ("abort"). A consumer that stops
 iterating (closes the generator, or its task is cancelled) aborts its request, which frees its
 KV blocks. An error inside a step ends every open stream with `EngineStepError`.
 """
@@ -27,8 +28,12 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from sliceserve.engine.build import DEFAULT_SLO, LiveEngine
-from sliceserve.engine.outputs import ABORT_REASON, OutputProcessor, RequestOutput
-from sliceserve.request import SLO, Request, SamplingParams
+from sliceserve.engine.outputs import OutputProcessor, RequestOutput
+from sliceserve.request import CODE_ABORTED, SLO, Request, SamplingParams
+
+# Codes of the aborts this class makes (`RequestOutput.finish_code`).
+CODE_SHUTDOWN = "shutdown"
+CODE_ENGINE_ERROR = "engine_error"
 
 # How long to wait before asking the policy again when it scheduled nothing (waiting on time).
 IDLE_RETRY_S = 0.001
@@ -51,6 +56,8 @@ class _Add:
 @dataclass(frozen=True, slots=True)
 class _Abort:
     request_id: str
+    detail: str
+    code: str
 
 
 class AsyncEngine:
@@ -117,7 +124,7 @@ class AsyncEngine:
 
         Raises ValueError for a prompt the model cannot take (empty, unknown token ids); a
         prompt too long for the context is rejected by the scheduler and streams one finished
-        output whose finish_reason says why."""
+        output with finish_reason "rejected" (its finish_code and finish_detail say why)."""
         if not self.is_running:
             raise EngineNotRunning("the engine is not running: await start() first")
         sampling = sampling if sampling is not None else SamplingParams()
@@ -155,11 +162,12 @@ class AsyncEngine:
             if not finished:  # the consumer went away: free the request's resources
                 self.abort(request_id)
 
-    def abort(self, request_id: str) -> None:
-        """End a request early; its stream gets a final output with finish_reason "abort".
-        Unknown or finished ids are ignored. Safe to call from any thread."""
+    def abort(self, request_id: str, detail: str = "aborted by the caller",
+              code: str = CODE_ABORTED) -> None:
+        """End a request early; its stream gets a final output with finish_reason "abort"
+        (and `code`, `detail`). Unknown or finished ids are ignored. Safe from any thread."""
         with self._lock:
-            self._commands.append(_Abort(request_id))
+            self._commands.append(_Abort(request_id, detail, code))
         self._wake.set()
 
     # --- the engine thread ---
@@ -177,7 +185,8 @@ class AsyncEngine:
                 if stopping:
                     for request in list(self.engine.scheduler.running) + list(
                             self.engine.scheduler.waiting):
-                        self.engine.abort(request.request_id, ABORT_REASON)
+                        self.engine.abort(request.request_id, "the engine shut down",
+                                          CODE_SHUTDOWN)
                 self._deliver([])
                 if stopping:
                     return
@@ -195,7 +204,7 @@ class AsyncEngine:
 
     def _apply(self, command: _Add | _Abort) -> None:
         if isinstance(command, _Abort):
-            self.engine.abort(command.request_id, ABORT_REASON)
+            self.engine.abort(command.request_id, command.detail, command.code)
             return
         request = command.request
         try:
@@ -240,7 +249,8 @@ class AsyncEngine:
         scheduler = self.engine.scheduler
         for request in list(scheduler.running) + list(scheduler.waiting):
             try:
-                self.engine.abort(request.request_id, ABORT_REASON)
+                self.engine.abort(request.request_id, "the engine step failed",
+                                  CODE_ENGINE_ERROR)
             except Exception:  # noqa: BLE001 - best effort: the state may be inconsistent
                 pass
         self._ended.clear()

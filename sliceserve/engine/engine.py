@@ -11,7 +11,7 @@ from typing import Protocol
 from sliceserve.clock import Clock
 from sliceserve.core.plan import ExecuteResult, Plan, StepOutput
 from sliceserve.core.scheduler import Scheduler
-from sliceserve.request import Request
+from sliceserve.request import CODE_ABORTED, Request
 
 
 class Executor(Protocol):
@@ -29,8 +29,8 @@ class Engine:
     def add_request(self, request: Request) -> None:
         self.scheduler.add_request(request, self.clock.now())
 
-    def abort(self, request_id: str, reason: str = "aborted") -> bool:
-        return self.scheduler.abort(request_id, self.clock.now(), reason)
+    def abort(self, request_id: str, detail: str = "aborted", code: str = CODE_ABORTED) -> bool:
+        return self.scheduler.abort(request_id, self.clock.now(), detail, code)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sliceserve.engine.build import DEFAULT_SLO, LiveEngine, PromptError, build_engine
-from sliceserve.engine.outputs import ABORT_REASON, OutputProcessor, RequestOutput
+from sliceserve.engine.outputs import OutputProcessor, RequestOutput
 from sliceserve.model.detokenizer import StopChecker
 from sliceserve.request import SLO, Request, SamplingParams
 
@@ -165,7 +165,7 @@ class LLM:
             # Interrupted (an error, Ctrl-C): leave the engine clean for the next call.
             for request_id in index:
                 if request_id in processor:
-                    engine.abort(request_id, ABORT_REASON)
+                    engine.abort(request_id, "generate() was interrupted")
             listeners.remove(self._ended.append)
             self._ended.clear()
         assert all(r is not None for r in results)

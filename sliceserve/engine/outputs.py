@@ -15,10 +15,7 @@ from typing import Any
 
 from sliceserve.metrics.slo import RequestRecord, e2e_ms, is_met, tpot_ms, ttft_ms
 from sliceserve.model.detokenizer import TextStream
-from sliceserve.request import SLO, Request, RequestStatus
-
-# finish_reason of a request ended by `abort` (the client went away or asked to stop).
-ABORT_REASON = "abort"
+from sliceserve.request import SLO, FinishReason, Request, RequestStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +25,7 @@ class CompletionOutput:
     index: int
     text: str  # all output text so far, cut before a matched stop string
     token_ids: tuple[int, ...]  # all output token ids so far
-    finish_reason: str | None  # "stop", "length", "abort", or the rejection reason; None: running
+    finish_reason: FinishReason | None  # None while running
     delta_text: str = ""  # text new since the previous output of this request (streaming)
     delta_token_ids: tuple[int, ...] = ()  # token ids new since the previous output
 
@@ -60,6 +57,10 @@ class RequestOutput:
     status: str  # "waiting" | "running" | "completed" | "rejected" | "aborted"
     metrics: RequestMetrics
     slo: SLO
+    # Why it ended, beyond finish_reason: a machine-readable code for rejections and aborts
+    # (e.g. "slo_infeasible", "context_length_exceeded", "aborted") and the cause in words.
+    finish_code: str | None = None
+    finish_detail: str | None = None
 
     # The one sequence's fields, for convenience.
     @property
@@ -110,7 +111,7 @@ class _State:
 
 
 # Called with (request_id, reason, now_s) to end a request early (a stop string matched).
-FinishCallback = Callable[[str, str, float], None]
+FinishCallback = Callable[[str, FinishReason, float], None]
 
 
 class OutputProcessor:
@@ -152,7 +153,7 @@ class OutputProcessor:
             if state.text.add(token):
                 break
         if state.text.stopped and not request.is_finished:
-            self._finish(request.request_id, "stop", now_s)
+            self._finish(request.request_id, FinishReason.STOP, now_s)
         if request.is_finished:
             state.text.finish()
             del self._states[request.request_id]
@@ -168,10 +169,12 @@ class OutputProcessor:
         state.num_sent = len(token_ids)
         reason = request.finish_reason if final else None
         if final and state.text.stopped and request.status is RequestStatus.COMPLETED:
-            reason = "stop"  # a stop string beats "length" when the same token ends both
+            reason = FinishReason.STOP  # a stop string beats "length" when one token ends both
         completion = CompletionOutput(0, state.text.text, token_ids, reason,
                                       state.text.take_delta(final), delta_ids)
         return RequestOutput(request.request_id, state.prompt, state.prompt_token_ids,
                              (completion,), final, request.status.value,
-                             request_metrics(request), request.slo)
+                             request_metrics(request), request.slo,
+                             request.finish_code if final else None,
+                             request.finish_detail if final else None)
 

@@ -46,7 +46,8 @@ class RequestRecord:
     token_times_s: tuple[float, ...]  # one per output token
     num_prompt_tokens: int
     status: Status
-    finish_reason: str | None = None
+    finish_reason: str | None = None  # "stop", "length", "abort", "rejected"
+    finish_code: str | None = None  # machine-readable cause of a rejection or abort
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -60,7 +61,9 @@ class RequestRecord:
                              f"({request.status.value})")
         return cls(request.request_id, request.slo, request.arrival_s,
                    tuple(request.token_times_s), request.num_prompt_tokens,
-                   _STATUS_NAMES[request.status], request.finish_reason)
+                   _STATUS_NAMES[request.status],
+                   None if request.finish_reason is None else str(request.finish_reason),
+                   request.finish_code)
 
     @property
     def num_output_tokens(self) -> int:

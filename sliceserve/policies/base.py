@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Protocol
 
 from sliceserve.config import SchedulerConfig
 from sliceserve.latency_model import LatencyModel
-from sliceserve.request import SLO, RequestStatus
+from sliceserve.request import CODE_SLO_INFEASIBLE, SLO, RequestStatus
 
 
 class RequestView(Protocol):
@@ -77,18 +77,29 @@ class SchedulerView(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Rejection:
+    """A request the policy refuses: `code` is machine-readable (a server answers with it),
+    `detail` says why in words."""
+
+    request: RequestView
+    detail: str
+    code: str = CODE_SLO_INFEASIBLE
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """A policy's answer for one iteration.
 
     Applied in order: rejections, preemptions (free KV, back to waiting, recompute later),
     then the batch: each entry computes `num_new_tokens` of its request now. A waiting
-    request in the batch is admitted. The scheduler checks the budgets and raises
-    `PolicyError` on a decision that breaks them.
+    (or just preempted) request in the batch is admitted. The scheduler checks the whole
+    decision against its limits before it changes anything, and raises `PolicyError`, with
+    its state untouched, on a decision that breaks them.
     """
 
     batch: Sequence[tuple[RequestView, int]] = ()
     preempt: Sequence[RequestView] = ()
-    reject: Sequence[tuple[RequestView, str]] = ()
+    reject: Sequence[Rejection] = ()
 
 
 EMPTY_DECISION = Decision()
@@ -116,11 +127,20 @@ class Policy(ABC):
         self.latency_model = latency_model
         self.config = config
 
+    # State-change hooks: the scheduler calls each one after the change, once per change, so
+    # a policy that keeps its own queues follows the scheduler's exactly (no re-sync).
     def on_arrival(self, request: RequestView, view: SchedulerView) -> None:  # noqa: B027
-        """A request entered the waiting queue."""
+        """A request entered the waiting queue (it was not rejected on arrival)."""
+
+    def on_admit(self, request: RequestView, view: SchedulerView) -> None:  # noqa: B027
+        """A waiting request got KV and moved to running (its first chunk is planned)."""
+
+    def on_preempt(self, request: RequestView, view: SchedulerView) -> None:  # noqa: B027
+        """A running request lost its KV and went back to waiting (recompute later)."""
 
     def on_finish(self, request: RequestView, view: SchedulerView) -> None:  # noqa: B027
-        """A request completed, was rejected or was aborted."""
+        """A request that reached `on_arrival` ended: completed, rejected or aborted
+        (`request.status` says which)."""
 
     @abstractmethod
     def schedule(self, view: SchedulerView) -> Decision:

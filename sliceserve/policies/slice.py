@@ -54,6 +54,7 @@ from sliceserve.policies.base import (
     Decision,
     Policy,
     PolicyOptions,
+    Rejection,
     RequestView,
     SchedulerView,
     tokens_to_compute,
@@ -144,7 +145,7 @@ class SlicePolicy(Policy):
         self._period_used_ms = 0.0
         self._extra_ms_per_iter = 0.0
         self._bucket_ms = 0.0
-        self._to_reject: list[tuple[RequestView, str]] = []
+        self._to_reject: list[Rejection] = []
 
     # --- events ---
     def on_arrival(self, request: RequestView, view: SchedulerView) -> None:
@@ -173,7 +174,7 @@ class SlicePolicy(Policy):
             del self._active[rid]
             self._triage(r)
             if opts.reject_infeasible:
-                self._to_reject.append((r, "rejected: its SLO can no longer be met"))
+                self._to_reject.append(Rejection(r, "its SLO can no longer be met"))
         candidates.sort(key=lambda c: (c.tier, -c.rank, c.request.first_token_s is None,
                                        c.request.arrival_s))
         leftover = bool(self._triaged) or len(candidates) > opts.max_rows
@@ -239,7 +240,7 @@ class SlicePolicy(Policy):
         if self._dirty or view.now_s >= self._next_replan_s:
             self._replan(view)
         reject, self._to_reject = self._to_reject, []
-        rejected = {r.request_id for r, _ in reject}
+        rejected = {rejection.request.request_id for rejection in reject}
         budget = Budget(view, max_rows=self.options.max_rows + self.options.max_extra_rows)
         batch: list[tuple[RequestView, int]] = []
         in_batch: set[str] = set()

@@ -41,7 +41,7 @@ def simulate(requests: Sequence[Request], policy: Policy, latency_model: Latency
     engine = Engine(Scheduler(config, policy), SimExecutor(latency_model), clock)
     pending, iterations = serve_arrivals(
         engine, requests, clock.advance_to, max_time_s=max_time_s, on_step=on_step,
-        limit_reason=f"aborted: simulation time limit {max_time_s} s reached")
+        limit_reason=f"simulation time limit {max_time_s} s reached")
     end = max((r.finish_s or 0.0 for r in pending), default=0.0)
     return SimulationResult(pending, end, iterations)
 
