@@ -13,6 +13,10 @@ optional deadlines and utilities, a few aborts) under one of several scheduler c
 
 and at the end that every request ended completed, rejected (with a reason) or aborted, that
 none was lost, and that completed requests have all their tokens at increasing times.
+Around every call of the policy (`tests/policy_audit.py`): it mutates no request, and its
+state-change hooks pair up (arrival, admit / preempt alternating, finish, in that order, each
+with the request in the state it names), so a policy's own queues can follow the scheduler's
+exactly.
 Policies register themselves; one that lands later is picked up here without edits.
 """
 
@@ -29,11 +33,13 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from policy_audit import PolicyAudit  # a helper beside this file
 
 import sliceserve.sim.simulator as simulator_module
 from sliceserve.config import SchedulerConfig
 from sliceserve.core.kv_blocks import blocks_for_tokens
 from sliceserve.core.plan import ExecuteResult, Plan
+from sliceserve.core.scheduler import Scheduler
 from sliceserve.engine.engine import Engine
 from sliceserve.latency_model import LatencyModel
 from sliceserve.policies.registry import make_policy, policy_names
@@ -156,6 +162,17 @@ class Checker:
     num_steps: int = 0
     num_plans: int = 0
     last_now_s: float = 0.0
+    audit: PolicyAudit | None = None
+
+    def scheduler_class(self) -> type[Scheduler]:
+        checker = self
+
+        class AuditedScheduler(Scheduler):
+            def __init__(self, config: SchedulerConfig, policy: object) -> None:
+                super().__init__(config, policy)  # type: ignore[arg-type]
+                checker.audit = PolicyAudit.attach(self.policy, self)
+
+        return AuditedScheduler
 
     def executor_class(self) -> type[SimExecutor]:
         checker = self
@@ -194,6 +211,8 @@ class Checker:
         assert now >= self.last_now_s, f"time ran backwards: {now} < {self.last_now_s}"
         self.last_now_s = now
         self.check_states(engine)
+        assert self.audit is not None
+        self.audit.check()
         for i in self.aborts.get(self.num_steps, []):
             engine.abort(self.requests[i].request_id, TEST_ABORT)
         if self.num_steps in self.aborts:
@@ -246,6 +265,7 @@ def run_case(policy_name: str, case: Case) -> tuple[SimulationResult, list[Reque
     policy = make_policy(policy_name, case.latency, case.config)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(simulator_module, "SimExecutor", checker.executor_class())
+        mp.setattr(simulator_module, "Scheduler", checker.scheduler_class())
         result = simulate(requests, policy, case.latency, case.config,
                           max_time_s=case.max_time_s, on_step=checker.on_step)
     return result, requests, checker
@@ -280,6 +300,8 @@ def check_final(result: SimulationResult, requests: list[Request], checker: Chec
         if never_fits:
             assert r.status is RequestStatus.REJECTED and r.num_output_tokens == 0
     assert result.duration_s == max(r.finish_s or 0.0 for r in requests)
+    assert checker.audit is not None
+    checker.audit.check_end(requests)
 
 
 @pytest.mark.parametrize("policy_name", POLICIES)

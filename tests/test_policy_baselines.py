@@ -1,4 +1,4 @@
-"""The baseline policies: orca, vllm, vllm-priority, fastserve, edf.
+"""The baseline policies: orca, vllm, vllm-priority(-preempt), fastserve, edf.
 
 Each behaviour is checked on a real Scheduler driven step by step (`Harness`), with hand-made
 requests and small latency models, so the expected decisions can be worked out by hand.
@@ -23,7 +23,7 @@ from sliceserve.request import SLO, Request, RequestStatus, SamplingParams
 from sliceserve.sim.sim_executor import SimExecutor
 from sliceserve.sim.simulator import simulate
 
-BASELINES = ["orca", "vllm", "vllm-priority", "fastserve", "edf"]
+BASELINES = ["orca", "vllm", "vllm-priority", "vllm-priority-preempt", "fastserve", "edf"]
 PAPER = LatencyModel.load("paper")
 # prefill_ms(n) = 5 + (n - 1): easy to place on FastServe's levels (quanta 10, 20, 40, ... ms).
 SIMPLE = LatencyModel(name="simple", decode_ms=(5.0, 9.0, 12.0), decode_slope_ms=3.0,
@@ -217,6 +217,39 @@ def test_vllm_preempts_the_request_itself_when_it_is_the_newest() -> None:
     assert ids(h.step()) == ["a", "b"]  # one block each, none free
     plan = h.step()  # a's token 4 fits its block; b's token 5 needs one: b is the newest
     assert plan.preempted_ids == ("b",) and ids(plan) == ["a"]
+
+
+def test_vllm_priority_serves_running_in_admission_order_and_unschedules_its_victim() -> None:
+    """vLLM v1: running requests take the token budget in admission order, whatever their
+    priority; a victim already scheduled in this iteration leaves the batch again."""
+    config = SchedulerConfig(max_num_batched_tokens=64, max_num_seqs=8, block_size=4,
+                             num_kv_blocks=3, max_model_len=12)
+    h = Harness("vllm-priority", config)
+    h.add(make_request("low", 0.0, prompt=4, max_tokens=6, priority=5))
+    h.step()  # low: 4 computed, 1 block
+    h.add(make_request("high", 0.1, prompt=4, max_tokens=6, priority=0))
+    assert ids(h.step()) == ["low", "high"]  # low 2 blocks, high 1 block: none free
+    plan = h.step()  # low fits its block; high needs a new one: the victim is low, served
+    assert plan.preempted_ids == ("low",) and ids(plan) == ["high"]
+
+
+def test_vllm_priority_never_preempts_for_a_better_waiting_request_but_the_fix_does() -> None:
+    """vLLM issue 40004: with the rows full, a better waiting request waits under
+    `vllm-priority`; `vllm-priority-preempt` preempts the worst running request for it."""
+    outcomes = {}
+    for name in ("vllm-priority", "vllm-priority-preempt"):
+        h = Harness(name, max_batch_size=2)
+        h.add(make_request("a", 0.0, max_tokens=20, priority=2),
+              make_request("b", 0.0, max_tokens=20, priority=1))
+        h.step()
+        h.add(make_request("urgent", 0.1, max_tokens=4, priority=0),
+              make_request("equal", 0.1, max_tokens=4, priority=1))
+        plan = h.step()
+        outcomes[name] = (plan.preempted_ids, sorted(ids(plan)))
+        h.step()  # `equal` is not strictly better than b: never displaces it
+        assert "equal" not in ids(h.step())
+    assert outcomes["vllm-priority"] == ((), ["a", "b"])
+    assert outcomes["vllm-priority-preempt"] == (("a",), ["b", "urgent"])
 
 
 def test_vllm_priority_admits_by_priority_then_arrival() -> None:

@@ -37,6 +37,11 @@ class Engine:
 
     def step(self) -> StepOutput:
         plan = self.scheduler.schedule(self.clock.now())
+        # A decision that only preempted (vLLM v1 makes one when the request that needs a
+        # block is itself the victim) computed nothing but freed KV: decide again at once,
+        # so that an empty step always means idle. Each such round shrinks `running`.
+        while plan.is_empty and plan.preempted_ids and self.scheduler.has_unfinished():
+            plan = self.scheduler.schedule(self.clock.now())
         if plan.is_empty:
             return StepOutput(now_s=plan.now_s, idle=True)
         result = self.executor.execute(plan)

@@ -186,6 +186,12 @@ class Budget:
         """Count the blocks of a request the policy preempts as free."""
         self.blocks_left += self.view.num_blocks_held(request)
 
+    def give_back(self, request: RequestView, num_tokens: int) -> None:
+        """Undo `take(request, num_tokens)`: the row, the tokens and their new blocks."""
+        self.rows_left += 1
+        self.tokens_left += num_tokens
+        self.blocks_left += self.view.num_blocks_needed(request, num_tokens)
+
 
 def tokens_to_compute(request: RequestView) -> int:
     """Tokens the request must compute to sample its next token (1 for a decode step)."""

@@ -96,8 +96,9 @@ class EdfPolicy(Policy):
 
     A key changes only when its request gets a token, i.e. only for requests of the previous
     batch: those are re-keyed at the start of the next decision. So a decision costs
-    O(batch * log n), not a sort of every request. If the heaps and the scheduler ever
-    disagree on the number of requests, they are rebuilt from the view.
+    O(batch * log n), not a sort of every request. The heaps follow the scheduler through the
+    hooks: arrivals and preemptions go to the waiting heap, finishes leave both, and the
+    batch's members (admitted or not) are re-filed by their status at the next decision.
     """
 
     name = "edf"
@@ -115,13 +116,17 @@ class EdfPolicy(Policy):
     def on_arrival(self, request: RequestView, view: SchedulerView) -> None:
         self._waiting.push(request, deadline_key(request))
 
+    def on_preempt(self, request: RequestView, view: SchedulerView) -> None:
+        self._discard_running(request.request_id)
+        self._waiting.push(request, deadline_key(request))
+
     def on_finish(self, request: RequestView, view: SchedulerView) -> None:
         self._discard_running(request.request_id)
         self._waiting.discard(request.request_id)
         self._last_batch.pop(request.request_id, None)
 
     def schedule(self, view: SchedulerView) -> Decision:
-        self._refresh(view)
+        self._refresh()
         running, waiting = self._running, self._waiting
         budget = Budget(view, self.options.max_batch_size)
         batch: list[tuple[RequestView, int]] = []
@@ -160,9 +165,6 @@ class EdfPolicy(Policy):
                 heap.push(request, deadline_key(request))
         for request in skipped:
             self._latest.push(request, latest_first_key(request))
-        for request in preempted:  # back to waiting once the decision is applied
-            self._discard_running(request.request_id)
-            waiting.push(request, deadline_key(request))
         return Decision(batch=batch, preempt=preempted)
 
     @staticmethod
@@ -206,22 +208,14 @@ class EdfPolicy(Policy):
         self._running.discard(request_id)
         self._latest.discard(request_id)
 
-    def _refresh(self, view: SchedulerView) -> None:
-        """Re-key the previous batch; rebuild the heaps if they lost track of the scheduler."""
+    def _refresh(self) -> None:
+        """Re-key the previous batch (its members got a token, or were admitted)."""
         for request in self._last_batch.values():
             if request.status is RequestStatus.RUNNING:
                 self._push_running(request)
             else:
                 self._waiting.push(request, deadline_key(request))
         self._last_batch.clear()
-        if len(self._running) != len(view.running) or len(self._waiting) != len(view.waiting):
-            self._running.clear()
-            self._latest.clear()
-            self._waiting.clear()
-            for request in view.running:
-                self._push_running(request)
-            for request in view.waiting:
-                self._waiting.push(request, deadline_key(request))
 
     def state(self) -> dict[str, Any]:
         return {"num_running": len(self._running), "num_waiting": len(self._waiting)}

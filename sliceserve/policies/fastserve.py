@@ -37,7 +37,6 @@ from sliceserve.policies.base import (
     tokens_to_compute,
 )
 from sliceserve.policies.registry import register
-from sliceserve.request import RequestStatus
 
 
 @dataclass(frozen=True)
@@ -85,8 +84,8 @@ class FastServePolicy(Policy):
         super().__init__(options, latency_model, config)
         levels = range(self.options.num_levels)
         self.quanta_ms = tuple(self.options.base_quantum_ms * 2**i for i in levels)
-        # Per level, the jobs that hold KV and those that do not. Invariant (when every
-        # decision is applied): they mirror the scheduler's running and waiting queues.
+        # Per level, the jobs that hold KV and those that do not: they mirror the scheduler's
+        # running and waiting queues, kept so by the state-change hooks.
         self._running: list[Queue] = [{} for _ in levels]
         self._waiting: list[Queue] = [{} for _ in levels]
         self._jobs: dict[str, _Job] = {}
@@ -105,9 +104,8 @@ class FastServePolicy(Policy):
         job = self._jobs.get(request_id)
         return None if job is None else job.level
 
-    def _queue(self, job: _Job) -> Queue:
-        running = job.request.status is RequestStatus.RUNNING
-        return (self._running if running else self._waiting)[job.level]
+    def _is_running(self, job: _Job) -> bool:
+        return job.request.request_id in self._running[job.level]
 
     def _move(self, job: _Job, to_level: int, running: bool) -> None:
         rid = job.request.request_id
@@ -122,15 +120,21 @@ class FastServePolicy(Policy):
         self._jobs[request.request_id] = job
         self._waiting[job.level][request.request_id] = job
 
+    def on_admit(self, request: RequestView, view: SchedulerView) -> None:
+        job = self._jobs[request.request_id]
+        self._move(job, job.level, running=True)  # to the back of its level's running jobs
+
+    def on_preempt(self, request: RequestView, view: SchedulerView) -> None:
+        job = self._jobs[request.request_id]
+        self._move(job, job.level, running=False)  # to the back of its level's waiting jobs
+
     def on_finish(self, request: RequestView, view: SchedulerView) -> None:
-        job = self._jobs.pop(request.request_id, None)
-        if job is not None:
-            self._running[job.level].pop(request.request_id, None)
-            self._waiting[job.level].pop(request.request_id, None)
+        job = self._jobs.pop(request.request_id)
+        self._running[job.level].pop(request.request_id, None)
+        self._waiting[job.level].pop(request.request_id, None)
 
     # --- one iteration ---
     def schedule(self, view: SchedulerView) -> Decision:
-        self._sync(view)
         budget = Budget(view, self.options.max_batch_size)
         batch: list[tuple[_Job, int]] = []
         preempted: list[_Job] = []
@@ -157,8 +161,6 @@ class FastServePolicy(Policy):
                     break
                 visited.add(job.request.request_id)
                 batch.append((job, num_new))
-        for job in preempted:  # back to waiting, at the end of its level
-            self._move(job, job.level, running=False)
         if batch:
             self._account(batch, view.now_s)
         return Decision(batch=[(j.request, n) for j, n in batch],
@@ -201,9 +203,9 @@ class FastServePolicy(Policy):
             job.service_ms += duration_ms
             if job.service_ms >= self.quanta_ms[job.level] and job.level < last_level:
                 job.service_ms = 0.0
-                self._move(job, job.level + 1, running=True)  # to the back of the next level
-            elif job.request.status is RequestStatus.WAITING:
-                self._move(job, job.level, running=True)  # admitted by this decision
+                # To the back of the next level (a job this decision admits moves to its
+                # running jobs when the scheduler tells `on_admit`).
+                self._move(job, job.level + 1, running=self._is_running(job))
         self._num_iterations += 1
         if self._num_iterations % self.options.starvation_check_iterations == 0:
             self._promote_starved(now_s)
@@ -213,25 +215,7 @@ class FastServePolicy(Policy):
             if job.level > 0 and now_s - job.last_service_s >= self.options.starvation_s:
                 job.service_ms = 0.0
                 # The queue, not the status: this decision's preemptions are not applied yet.
-                running = job.request.request_id in self._running[job.level]
-                self._move(job, 0, running=running)
-
-    def _sync(self, view: SchedulerView) -> None:
-        """Rebuild the queues from the view if they disagree with it (a decision that was
-        not applied, or requests this policy never saw arrive)."""
-        num_running = sum(map(len, self._running))
-        num_waiting = sum(map(len, self._waiting))
-        if num_running == len(view.running) and num_waiting == len(view.waiting):
-            return
-        jobs = self._jobs
-        self._jobs = {}
-        for queue in (*self._running, *self._waiting):
-            queue.clear()
-        for request in (*view.running, *view.waiting):
-            job = jobs.get(request.request_id) or _Job(request, self.join_level(request),
-                                                        view.now_s)
-            self._jobs[request.request_id] = job
-            self._queue(job)[request.request_id] = job
+                self._move(job, 0, running=self._is_running(job))
 
     def state(self) -> dict[str, Any]:
         return {

@@ -1,16 +1,26 @@
-"""vLLM v1's default scheduler, and its priority variant.
+"""vLLM v1's default scheduler, its priority variant, and that variant with vLLM issue 40004 fixed.
 
-Each iteration has a token budget (`max_num_batched_tokens`). Running requests go first: one
-decode token each, or the next chunk of a chunked prefill. When a running request needs a new
-KV block and none is free, the last request in the running order is preempted by recompute
-(the request itself, when it is the last). Then, only if nothing was preempted, waiting
-requests are admitted in order while their chunk fits the tokens, the rows and the free KV
-blocks; the first one that does not fit stops admission (no overtaking, no preemption to
-admit). At most `max_batch_size` requests run at once (vLLM's `max_num_seqs`).
+Each iteration has a token budget (`max_num_batched_tokens`). Running requests go first, in the
+order they were admitted: one decode token each, or the next chunk of a chunked prefill. When
+a running request needs a new KV block and none is free, a victim is preempted by recompute
+(`victim`), repeatedly, until the block fits; a victim already scheduled in this iteration is
+taken out of the batch again (its tokens and blocks go back to the budget); when the victim is
+the request itself, the running pass ends. Then, only if nothing was preempted, waiting
+requests are admitted in queue order while their chunk fits the tokens, the rows and the free
+KV blocks; the first one that does not fit stops admission (no overtaking). At most
+`max_batch_size` requests run at once (vLLM's `max_num_seqs`).
 
-- `vllm`: FCFS. Running in admission order (the newest is the victim), waiting by arrival.
-- `vllm-priority`: both queues ordered by `(priority, arrival)`, lower first; the victim is the
-  running request with the largest key.
+- `vllm`: FCFS. Waiting by arrival; the victim is the last admitted running request.
+- `vllm-priority`: waiting is a heap on `priority_key` = (priority, arrival), lower first;
+  running stays in admission order; the victim is the running request with the largest key.
+  A full batch never preempts for a better waiting request (vLLM issue 40004: "priority
+  scheduling only evicts on resource shortage"); this matches `vllm/v1/core/sched/scheduler.py`.
+- `vllm-priority-preempt`: `vllm-priority` with 40004 fixed as its proposed patches do: when the
+  rows are full, the running request with the largest key is preempted for a waiting request
+  of strictly better priority (a smaller value). KV shortage at admission still stops it.
+
+Priorities are the requests' own (`RequestView.priority`); the workloads give each SLO class
+its utility rank (highest utility 0) unless a class or trace line sets one.
 """
 
 from __future__ import annotations
@@ -32,7 +42,6 @@ from sliceserve.policies.base import (
 )
 from sliceserve.policies.queues import RequestHeap
 from sliceserve.policies.registry import register
-from sliceserve.request import RequestStatus
 
 
 @dataclass(frozen=True)
@@ -44,89 +53,104 @@ class VllmOptions(PolicyOptions):
             raise ValueError(f"max_batch_size must be an integer >= 1, got {self.max_batch_size!r}")
 
 
-@register
-class VllmPolicy(Policy):
-    name = "vllm"
-    Options = VllmOptions
-    options: VllmOptions
-
-    # --- queue orders: the only thing the priority variant changes ---
-    def running_in_order(self, view: SchedulerView) -> list[RequestView]:
-        """Running requests, served first to last; victims are taken from the end."""
-        return list(view.running)  # admission order: the newest is the victim
-
-    def waiting_in_order(self, view: SchedulerView) -> Iterator[RequestView]:
-        """Waiting requests in the order they may be admitted (the caller stops at the
-        first misfit)."""
-        return iter(view.waiting)  # the scheduler keeps them by arrival
-
-    def after_admission(self, admitted: list[RequestView], preempted: list[RequestView]) -> None:
-        """Hook for queue bookkeeping once the decision is made."""
-
-    # --- the shared schedule ---
-    def schedule(self, view: SchedulerView) -> Decision:
-        budget = Budget(view, self.options.max_batch_size)
-        running = self.running_in_order(view)
-        batch: list[tuple[RequestView, int]] = []
-        preempted: list[RequestView] = []
-        i = 0
-        while i < len(running) and budget.tokens_left > 0 and budget.rows_left > 0:
-            request = running[i]
-            num_new = min(tokens_to_compute(request), budget.tokens_left)
-            if not self._take_or_preempt(request, num_new, running, budget, preempted):
-                break  # it was the last in order: it preempted itself
-            batch.append((request, num_new))
-            i += 1
-        admitted: list[RequestView] = []
-        if not preempted:  # as vLLM: no admissions in an iteration that had to preempt
-            admitted = self._admit(view, budget, batch)
-        self.after_admission(admitted, preempted)
-        return Decision(batch=batch, preempt=preempted)
-
-    @staticmethod
-    def _take_or_preempt(request: RequestView, num_new: int, running: list[RequestView],
-                         budget: Budget, preempted: list[RequestView]) -> bool:
-        """Take `request`'s chunk, preempting from the end of `running` until its blocks fit
-        (rows and tokens were checked: only blocks can be short). False if the request itself
-        had to go."""
-        while not budget.take(request, num_new):
-            victim = running.pop()
-            preempted.append(victim)
-            budget.release(victim)
-            if victim is request:
-                return False
-        return True
-
-    def _admit(self, view: SchedulerView, budget: Budget,
-               batch: list[tuple[RequestView, int]]) -> list[RequestView]:
-        room = min(self.options.max_batch_size, view.config.max_num_seqs) - len(view.running)
-        admitted: list[RequestView] = []
-        if room <= 0 or budget.tokens_left <= 0 or not view.waiting:
-            return admitted
-        for request in self.waiting_in_order(view):
-            num_new = min(tokens_to_compute(request), budget.tokens_left)
-            if not budget.take(request, num_new):
-                break  # FCFS: the head waits for memory; nobody overtakes it
-            batch.append((request, num_new))
-            admitted.append(request)
-            if len(admitted) >= room or budget.tokens_left <= 0:
-                break
-        return admitted
-
-
 def priority_key(request: RequestView) -> tuple[int, float]:
     """The one ordering key of `vllm-priority`'s queues: lower is served first."""
     return (request.priority, request.arrival_s)
 
 
 @register
-class VllmPriorityPolicy(VllmPolicy):
-    """`vllm` with both queues ordered by `priority_key`.
+class VllmPolicy(Policy):
+    name = "vllm"
+    Options = VllmOptions
+    options: VllmOptions
 
-    The waiting queue is a heap kept incrementally (arrivals via `on_arrival`, preemptions via
-    this policy's own decisions), so an iteration costs O(admitted * log n), not a sort of
-    thousands of waiting requests. If the heap and the scheduler ever disagree on the number of
-    waiting requests (e.g. a decision was not applied), it is rebuilt from the view.
+    # --- what the variants change ---
+    def victim(self, running: list[RequestView]) -> RequestView:
+        """The running request to preempt on KV shortage (FCFS: the last admitted)."""
+        return running[-1]
+
+    def waiting_in_order(self, view: SchedulerView) -> Iterator[RequestView]:
+        """Waiting requests in the order they may be admitted (the caller stops at the
+        first misfit)."""
+        return iter(view.waiting)  # the scheduler keeps them by arrival
+
+    def displaces(self, request: RequestView, victim: RequestView) -> bool:
+        """May waiting `request` preempt running `victim` when the rows are full?"""
+        return False
+
+    def admission_done(self) -> None:
+        """Called once admission has looked at what it needed of `waiting_in_order`."""
+
+    # --- the shared schedule ---
+    def schedule(self, view: SchedulerView) -> Decision:
+        max_rows = min(self.options.max_batch_size, view.config.max_num_seqs)
+        budget = Budget(view, max_rows)
+        running = list(view.running)  # admission order
+        scheduled: dict[str, tuple[RequestView, int]] = {}  # insertion order = batch order
+        preempted: list[RequestView] = []
+        i = 0
+        while i < len(running) and budget.tokens_left > 0:
+            request = running[i]
+            num_new = min(tokens_to_compute(request), budget.tokens_left)
+            fitted = True
+            while not budget.take(request, num_new):
+                victim = self.victim(running)
+                if running.index(victim) < i:
+                    i -= 1  # it was served before this one
+                self._preempt(victim, running, scheduled, budget, preempted)
+                if victim is request:
+                    fitted = False
+                    break
+            if not fitted:
+                break  # it preempted itself: no more requests to preempt for
+            scheduled[request.request_id] = (request, num_new)
+            i += 1
+        if not preempted:  # as vLLM: no admissions in an iteration that had to preempt
+            self._admit(view, budget, running, scheduled, preempted, max_rows)
+        return Decision(batch=list(scheduled.values()), preempt=preempted)
+
+    @staticmethod
+    def _preempt(victim: RequestView, running: list[RequestView],
+                 scheduled: dict[str, tuple[RequestView, int]], budget: Budget,
+                 preempted: list[RequestView]) -> None:
+        running.remove(victim)
+        entry = scheduled.pop(victim.request_id, None)
+        if entry is not None:
+            budget.give_back(victim, entry[1])
+        budget.release(victim)
+        preempted.append(victim)
+
+    def _admit(self, view: SchedulerView, budget: Budget, running: list[RequestView],
+               scheduled: dict[str, tuple[RequestView, int]], preempted: list[RequestView],
+               max_rows: int) -> None:
+        num_running = len(running)
+        try:
+            for request in self.waiting_in_order(view):
+                if budget.tokens_left <= 0:
+                    break
+                if num_running >= max_rows:
+                    victim = max(running, key=priority_key) if running else None
+                    if victim is None or not self.displaces(request, victim):
+                        break
+                    self._preempt(victim, running, scheduled, budget, preempted)
+                    num_running -= 1
+                num_new = min(tokens_to_compute(request), budget.tokens_left)
+                if not budget.take(request, num_new):
+                    break  # the head waits for memory; nobody overtakes it
+                scheduled[request.request_id] = (request, num_new)
+                running.append(request)
+                num_running += 1
+        finally:
+            self.admission_done()
+
+
+@register
+class VllmPriorityPolicy(VllmPolicy):
+    """`vllm` with the waiting queue a heap on `priority_key` and the worst key as victim.
+
+    The heap follows the scheduler's waiting queue through the hooks (arrivals and preemptions
+    push, admissions and finishes drop), so an iteration costs O(admitted * log n), not a sort
+    of thousands of waiting requests.
     """
 
     name = "vllm-priority"
@@ -140,34 +164,39 @@ class VllmPriorityPolicy(VllmPolicy):
     def on_arrival(self, request: RequestView, view: SchedulerView) -> None:
         self._waiting.push(request, priority_key(request))
 
+    def on_preempt(self, request: RequestView, view: SchedulerView) -> None:
+        self._waiting.push(request, priority_key(request))
+
+    def on_admit(self, request: RequestView, view: SchedulerView) -> None:
+        self._waiting.discard(request.request_id)
+
     def on_finish(self, request: RequestView, view: SchedulerView) -> None:
         self._waiting.discard(request.request_id)
 
-    def running_in_order(self, view: SchedulerView) -> list[RequestView]:
-        return sorted(view.running, key=priority_key)  # at most max_batch_size requests
+    def victim(self, running: list[RequestView]) -> RequestView:
+        return max(running, key=priority_key)
 
     def waiting_in_order(self, view: SchedulerView) -> Iterator[RequestView]:
-        if len(self._waiting) != len(view.waiting):
-            self._rebuild(view)
         while (request := self._waiting.pop()) is not None:
-            if request.status is not RequestStatus.WAITING:
-                continue  # stale: admitted or finished without this policy seeing it
             self._popped.append(request)
             yield request
 
-    def after_admission(self, admitted: list[RequestView], preempted: list[RequestView]) -> None:
-        taken = {r.request_id for r in admitted}
+    def admission_done(self) -> None:
+        # Everything looked at goes back; the scheduler's on_admit takes the admitted out.
         for request in self._popped:
-            if request.request_id not in taken:
-                self._waiting.push(request, priority_key(request))
+            self._waiting.push(request, priority_key(request))
         self._popped.clear()
-        for request in preempted:  # back to waiting once the decision is applied
-            self._waiting.push(request, priority_key(request))
-
-    def _rebuild(self, view: SchedulerView) -> None:
-        self._waiting.clear()
-        for request in view.waiting:
-            self._waiting.push(request, priority_key(request))
 
     def state(self) -> dict[str, Any]:
         return {"num_waiting": len(self._waiting)}
+
+
+@register
+class VllmPriorityPreemptPolicy(VllmPriorityPolicy):
+    """`vllm-priority` with vLLM issue 40004 fixed: a full batch preempts its worst running
+    request for a waiting one of strictly better priority."""
+
+    name = "vllm-priority-preempt"
+
+    def displaces(self, request: RequestView, victim: RequestView) -> bool:
+        return request.priority < victim.priority
