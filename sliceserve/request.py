@@ -59,6 +59,9 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    # EOS and stop_token_ids cannot end the output (they are not sampled) and stop strings
+    # are not looked for until this many tokens have been generated (vLLM's semantics).
+    min_tokens: int = 0
 
     def __post_init__(self) -> None:
         _require(
@@ -70,6 +73,11 @@ class SamplingParams:
             f"temperature must be >= 0, got {self.temperature!r}",
         )
         _require(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k!r}")
+        _require(
+            isinstance(self.min_tokens, int) and 0 <= self.min_tokens <= self.max_tokens,
+            f"min_tokens must be an integer in [0, max_tokens={self.max_tokens}], "
+            f"got {self.min_tokens!r}",
+        )
         _require(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}")
 
 
@@ -93,6 +101,7 @@ CODE_CONTEXT_LENGTH = "context_length_exceeded"  # prompt + max_tokens > max_mod
 CODE_KV_CAPACITY = "kv_cache_too_small"  # prompt + max_tokens > the whole KV cache
 CODE_SLO_INFEASIBLE = "slo_infeasible"  # a policy found the SLO cannot be met
 CODE_ABORTED = "aborted"  # abort() without a more specific cause
+CODE_QUEUE_FULL = "queue_full"  # the scheduler's bounded waiting queue was full
 
 
 class RequestStatus(enum.Enum):

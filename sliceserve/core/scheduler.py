@@ -21,6 +21,7 @@ from sliceserve.request import (
     CODE_ABORTED,
     CODE_CONTEXT_LENGTH,
     CODE_KV_CAPACITY,
+    CODE_QUEUE_FULL,
     FinishReason,
     Request,
     RequestStatus,
@@ -61,9 +62,13 @@ class _View:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, policy: Policy) -> None:
+    def __init__(self, config: SchedulerConfig, policy: Policy, *,
+                 reject_infeasible: bool = False, max_waiting: int | None = None) -> None:
+        """Admission control (both off by default; see `set_admission`)."""
         self.config = config
         self.policy = policy
+        self.reject_infeasible = reject_infeasible
+        self.max_waiting = max_waiting
         self.blocks = BlockManager(config.num_kv_blocks, config.block_size)
         self._waiting: list[Request] = []  # sorted by (arrival_s, admission sequence)
         self._waiting_keys: list[tuple[float, int]] = []
@@ -93,6 +98,16 @@ class Scheduler:
     def get(self, request_id: str) -> Request | None:
         return self._requests.get(request_id)
 
+    def set_admission(self, reject_infeasible: bool, max_waiting: int | None) -> None:
+        """`reject_infeasible`: a request the policy predicts cannot meet its SLO
+        (`Policy.assess_arrival`) is rejected on arrival with the policy's code and reason;
+        off, it is queued and served best effort. `max_waiting`: a request that arrives while
+        this many wait (new or preempted) is rejected with code "queue_full"."""
+        if max_waiting is not None and max_waiting < 0:
+            raise ValueError(f"max_waiting must be >= 0, got {max_waiting!r}")
+        self.reject_infeasible = reject_infeasible
+        self.max_waiting = max_waiting
+
     # --- arrivals and ends ---
     def add_request(self, request: Request, now_s: float) -> None:
         """A request arrives. One that can never run is rejected at once, with a reason."""
@@ -106,6 +121,13 @@ class Scheduler:
         self._insert_waiting(request)
         self.view.now_s = now_s
         never = self._never_fits(request)
+        if never is None and self.max_waiting is not None and (
+                len(self._waiting) > self.max_waiting):  # it is already in: count the others
+            never = CODE_QUEUE_FULL, f"{self.max_waiting} requests are already waiting"
+        if never is None and self.reject_infeasible:
+            refused = self.policy.assess_arrival(request, self.view)
+            if refused is not None:
+                never = refused.code, refused.detail
         if never is not None:
             code, detail = never
             self._finish(request, RequestStatus.REJECTED, FinishReason.REJECTED, now_s,
@@ -247,7 +269,8 @@ class Scheduler:
             sampling = request.sampling
             if len(request.output_token_ids) >= sampling.max_tokens:
                 reason = FinishReason.LENGTH
-            elif token in sampling.stop_token_ids or (not sampling.ignore_eos and token in eos):
+            elif len(request.output_token_ids) > sampling.min_tokens and (
+                    token in sampling.stop_token_ids or (not sampling.ignore_eos and token in eos)):
                 reason = FinishReason.STOP
             else:
                 continue

@@ -16,7 +16,13 @@ Every request ends exactly once, with a final output (`finished=True`): complete
 (finish_reason "stop" / "length"), rejected ("rejected", with `finish_code` and
 `finish_detail` saying why) or aborted ("abort"). A consumer that stops
 iterating (closes the generator, or its task is cancelled) aborts its request, which frees its
-KV blocks. An error inside a step ends every open stream with `EngineStepError`.
+KV blocks.
+
+Faults: an error while handling one request's outputs fails that request only (its stream
+raises `EngineStepError`); a failed iteration (`StepError`) fails the requests it computed and
+the engine goes on. After `max_step_failures` failed iterations in a row the engine gives up:
+every open stream raises `EngineStepError`, the thread stops, `fatal_error` holds the cause
+and `stopped` is set (a server then reports unhealthy and exits).
 """
 
 from __future__ import annotations
@@ -24,10 +30,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from sliceserve.core.plan import StepOutput
 from sliceserve.engine.build import DEFAULT_SLO, LiveEngine
+from sliceserve.engine.engine import Engine, StepError
 from sliceserve.engine.outputs import OutputProcessor, RequestOutput
 from sliceserve.request import CODE_ABORTED, SLO, Request, SamplingParams
 
@@ -37,6 +46,7 @@ CODE_ENGINE_ERROR = "engine_error"
 
 # How long to wait before asking the policy again when it scheduled nothing (waiting on time).
 IDLE_RETRY_S = 0.001
+MAX_STEP_FAILURES = 3  # failed iterations in a row before the engine gives up
 
 
 class EngineStepError(RuntimeError):
@@ -60,12 +70,23 @@ class _Abort:
     code: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Call:
+    fn: Callable[[Engine], Any]
+    future: asyncio.Future[Any]
+
+
 class AsyncEngine:
-    def __init__(self, live: LiveEngine) -> None:
+    def __init__(self, live: LiveEngine, max_step_failures: int = MAX_STEP_FAILURES) -> None:
         self.live = live
         self.engine = live.engine
+        self.max_step_failures = max_step_failures
+        self.fatal_error: BaseException | None = None  # why the engine gave up, if it did
+        self.stopped = asyncio.Event()  # set when the thread has stopped (shutdown or fatal)
+        # Called on the engine thread after every iteration (e.g. to update metrics).
+        self.step_listeners: list[Callable[[StepOutput], None]] = []
         self._lock = threading.Lock()  # guards _commands, _streams, _stopping
-        self._commands: list[_Add | _Abort] = []
+        self._commands: list[_Add | _Abort | _Call] = []
         self._streams: dict[str, asyncio.Queue[RequestOutput | BaseException]] = {}
         self._stopping = False
         self._wake = threading.Event()
@@ -84,7 +105,10 @@ class AsyncEngine:
     async def start(self) -> None:
         if self.is_running:
             return
+        if self.fatal_error is not None:
+            raise EngineNotRunning(f"the engine failed: {self.fatal_error!r}")
         self._loop = asyncio.get_running_loop()
+        self.stopped = asyncio.Event()
         self._stopping = False
         self.engine.scheduler.finished_listeners.append(self._ended.append)
         self._thread = threading.Thread(target=self._run, name="sliceserve-engine",
@@ -162,6 +186,17 @@ class AsyncEngine:
             if not finished:  # the consumer went away: free the request's resources
                 self.abort(request_id)
 
+    async def call(self, fn: Callable[[Engine], Any]) -> Any:
+        """`fn(engine)` on the engine thread between two iterations (a consistent view of the
+        scheduler, e.g. for a state endpoint); its result, or its exception."""
+        if not self.is_running:
+            raise EngineNotRunning("the engine is not running")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            self._commands.append(_Call(fn, future))
+        self._wake.set()
+        return await future
+
     def abort(self, request_id: str, detail: str = "aborted by the caller",
               code: str = CODE_ABORTED) -> None:
         """End a request early; its stream gets a final output with finish_reason "abort"
@@ -172,7 +207,18 @@ class AsyncEngine:
 
     # --- the engine thread ---
     def _run(self) -> None:
+        try:
+            self._loop_steps()
+        finally:
+            if self._loop is not None:
+                try:
+                    self._loop.call_soon_threadsafe(self.stopped.set)
+                except RuntimeError:  # the event loop is closed
+                    pass
+
+    def _loop_steps(self) -> None:
         timeout: float | None = None
+        failures = 0
         while True:
             self._wake.wait(timeout)
             with self._lock:
@@ -194,35 +240,76 @@ class AsyncEngine:
                     timeout = None  # sleep until a command comes
                     continue
                 step = self.engine.step()
+                failures = 0
                 self._deliver([request for request, _ in step.new_tokens])
+                for listener in self.step_listeners:
+                    listener(step)
                 timeout = IDLE_RETRY_S if step.idle else 0.0
             except Exception as error:  # noqa: BLE001 - every stream must hear of it
-                self._fail_all(error)
-                timeout = None
+                failures += 1
+                timeout = 0.0
+                if isinstance(error, StepError) and failures < self.max_step_failures:
+                    self._fail(list(error.request_ids), error)
+                    continue
+                with self._lock:
+                    request_ids = list(self._streams)
+                self._fail(request_ids, error)
+                if failures >= self.max_step_failures:
+                    self.fatal_error = error
+                    with self._lock:
+                        self._stopping = True
+                    return
                 if stopping:
                     return
 
-    def _apply(self, command: _Add | _Abort) -> None:
+    def _apply(self, command: _Add | _Abort | _Call) -> None:
         if isinstance(command, _Abort):
             self.engine.abort(command.request_id, command.detail, command.code)
+            return
+        if isinstance(command, _Call):
+            try:
+                result, error = command.fn(self.engine), None
+            except Exception as e:  # noqa: BLE001 - handed to the caller
+                result, error = None, e
+            self._resolve(command.future, result, error)
             return
         request = command.request
         try:
             self._processor.add(request, command.prompt)
             self.engine.add_request(request)  # may reject at once: _ended gets it
-        except ValueError as error:
+        except Exception as error:  # noqa: BLE001 - this request's error, not the engine's
             self._processor.discard(request.request_id)
             self._push(request.request_id, error, final=True)
 
+    def _resolve(self, future: asyncio.Future[Any], result: Any,
+                 error: BaseException | None) -> None:
+        def settle() -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+        if self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(settle)
+            except RuntimeError:
+                pass
+
     def _deliver(self, touched: list[Request]) -> None:
-        """Outputs for requests with new tokens and for every request that ended."""
+        """Outputs for requests with new tokens and for every request that ended. An error
+        while handling one request (detokenizing, a stop string) fails that request only."""
         now_s = self.engine.clock.now()
         while touched or self._ended:
             batch = touched + self._ended
             touched = []
             self._ended.clear()  # a stop string may end a request below: it comes back here
             for request in batch:
-                output = self._processor.process(request, now_s)
+                try:
+                    output = self._processor.process(request, now_s)
+                except Exception as error:  # noqa: BLE001 - fail this request, not the engine
+                    self._fail([request.request_id], error)
+                    continue
                 if output is not None:
                     self._push(request.request_id, output, final=output.finished)
 
@@ -237,20 +324,14 @@ class AsyncEngine:
         except RuntimeError:  # the event loop is closed: nobody is listening any more
             pass
 
-    def _fail_all(self, error: Exception) -> None:
-        """A step failed: end every open stream with the error, drop its request."""
-        with self._lock:
-            request_ids = list(self._streams)
+    def _fail(self, request_ids: list[str], error: Exception) -> None:
+        """End these requests' streams with the error and abort them (frees their KV)."""
         for request_id in request_ids:
             self._processor.discard(request_id)
             wrapped = EngineStepError(f"the engine failed while serving {request_id}: {error!r}")
             wrapped.__cause__ = error
             self._push(request_id, wrapped, final=True)
-        scheduler = self.engine.scheduler
-        for request in list(scheduler.running) + list(scheduler.waiting):
             try:
-                self.engine.abort(request.request_id, "the engine step failed",
-                                  CODE_ENGINE_ERROR)
+                self.engine.abort(request_id, f"the engine failed: {error!r}", CODE_ENGINE_ERROR)
             except Exception:  # noqa: BLE001 - best effort: the state may be inconsistent
                 pass
-        self._ended.clear()

@@ -131,6 +131,7 @@ def build_engine(
     config = runner.scheduler_config(
         max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
         eos_token_ids=tuple(eos_token_ids(tokenizer, runner.model_config)))
+    runner.sampler.eos_token_ids = config.eos_token_ids  # min_tokens masks what stops
     if latency_model is None:
         latency_model = _latency_model_for(runner, folder)
     if warm_up:

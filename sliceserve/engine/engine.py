@@ -14,6 +14,16 @@ from sliceserve.core.scheduler import Scheduler
 from sliceserve.request import CODE_ABORTED, Request
 
 
+class StepError(RuntimeError):
+    """Executing a plan (or recording its result) failed. `request_ids` are the requests the
+    plan computed: their KV may be half written; the others are untouched. The cause is
+    chained."""
+
+    def __init__(self, request_ids: tuple[str, ...], cause: BaseException) -> None:
+        super().__init__(f"the iteration of {len(request_ids)} requests failed: {cause!r}")
+        self.request_ids = request_ids
+
+
 class Executor(Protocol):
     def execute(self, plan: Plan) -> ExecuteResult:
         """Compute the plan: a sampled token per sampling chunk, and the duration."""
@@ -44,6 +54,10 @@ class Engine:
             plan = self.scheduler.schedule(self.clock.now())
         if plan.is_empty:
             return StepOutput(now_s=plan.now_s, idle=True)
-        result = self.executor.execute(plan)
-        self.clock.elapse(result.duration_s)
-        return self.scheduler.update(plan, result, self.clock.now())
+        try:
+            result = self.executor.execute(plan)
+            self.clock.elapse(result.duration_s)
+            return self.scheduler.update(plan, result, self.clock.now())
+        except Exception as error:
+            ids = tuple(chunk.request.request_id for chunk in plan.chunks)
+            raise StepError(ids, error) from error

@@ -133,7 +133,8 @@ class OutputProcessor:
         if request.request_id in self._states:
             raise ValueError(f"duplicate request id {request.request_id!r}")
         ids = tuple(request.prompt_token_ids or ())
-        text = TextStream(self._tokenizer, ids, request.sampling.stop, skip_special_tokens)
+        text = TextStream(self._tokenizer, ids, request.sampling.stop, skip_special_tokens,
+                          request.sampling.min_tokens)
         self._states[request.request_id] = _State(request, prompt, ids, text)
 
     def discard(self, request_id: str) -> None:

@@ -124,6 +124,30 @@ def is_met(record: RequestRecord) -> bool:
             and tpot_ms(record) <= record.slo.tpot_ms + TOLERANCE_MS)  # type: ignore[operator]
 
 
+def missed_objectives(record: RequestRecord) -> list[str]:
+    """What a request missed, by the paper's definition: "completion" (rejected or aborted),
+    then those of "ttft", "tpot" (mean), "deadline" (E2E) whose measured value is over its
+    objective (a request without tokens has none measured). Empty exactly when `is_met`."""
+    return missed_from(record.slo, record.completed, ttft_ms(record), tpot_ms(record),
+                       e2e_ms(record))
+
+
+def missed_from(slo: SLO, completed: bool, ttft: float | None, tpot: float | None,
+                e2e: float | None) -> list[str]:
+    """`missed_objectives` from the measured values (ms; None: not measured)."""
+    missed = [] if completed else ["completion"]
+    if completed and ttft is None:
+        missed.append("ttft")  # completed without a token: nothing arrived in time
+    if ttft is not None and ttft > slo.ttft_ms + TOLERANCE_MS:
+        missed.append("ttft")
+    if tpot is not None and tpot > slo.tpot_ms + TOLERANCE_MS:
+        missed.append("tpot")
+    if (slo.deadline_ms is not None and e2e is not None
+            and e2e > slo.deadline_ms + TOLERANCE_MS):
+        missed.append("deadline")
+    return missed
+
+
 def is_met_strict(record: RequestRecord) -> bool:
     """Token k (1-based) no later than first + k tpot: a consumer at the SLO pace never stalls."""
     if not _ttft_and_deadline_met(record):

@@ -130,10 +130,12 @@ class TextStream:
     """One request's output text: detokenize, apply stop strings, hand out stream deltas."""
 
     def __init__(self, tokenizer: Any, prompt_token_ids: Sequence[int],
-                 stop: Sequence[str] = (), skip_special_tokens: bool = True) -> None:
+                 stop: Sequence[str] = (), skip_special_tokens: bool = True,
+                 min_tokens: int = 0) -> None:
         self._detokenizer = IncrementalDetokenizer(tokenizer, prompt_token_ids,
                                                    skip_special_tokens)
         self._stop = StopChecker(stop)
+        self._min_tokens = min_tokens  # stop strings count from the token after these (vLLM)
         self.text = ""  # the output text, cut before a matched stop string
         self.stopped = False  # a stop string matched
         self._sent = 0  # characters of `text` already handed out as deltas
@@ -153,6 +155,8 @@ class TextStream:
         if not delta:
             return False
         self.text += delta
+        if self._detokenizer.num_output_tokens <= self._min_tokens:
+            return False
         cut = self._stop.find(self.text, len(delta))
         if cut is not None:
             self.text = self.text[:cut]

@@ -120,7 +120,8 @@ class ModelRunner:
                                        self.scratch_slot)
         fused = self.model.fused_ops
         self.sampler = Sampler(self.device, config.seed,
-                               argmax_rows=None if fused is None else fused.argmax_rows)
+                               argmax_rows=None if fused is None else fused.argmax_rows,
+                               eos_token_ids=self.model_config.eos_token_ids)
         self.stats = RunnerStats()
 
     def scheduler_config(self, **overrides: Any) -> SchedulerConfig:

@@ -1,5 +1,8 @@
 """Token sampling: greedy, temperature, top-k, top-p, with a per-request seed.
 
+Rows still short of their `min_tokens` cannot sample an end token: the EOS ids (unless the
+request ignores EOS) and its stop token ids are masked out of their logits first.
+
 Random rows use the exponential race (argmax of p / E with E ~ Exp(1)), which draws exactly
 from p and lets every seeded request use its own generator inside one batched call: a
 request's tokens depend on its seed only, not on what it is batched with.
@@ -18,10 +21,13 @@ _PRUNE_EVERY = 256  # sweep finished requests' generators this often
 
 class Sampler:
     def __init__(self, device: torch.device, seed: int | None = None,
-                 argmax_rows: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 argmax_rows: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 eos_token_ids: Sequence[int] = ()) -> None:
         """`argmax_rows`: a compiled row-wise argmax for the logits' dtype (the CPU kernels),
-        used for all-greedy batches; torch's argmax over float32 otherwise."""
+        used for all-greedy batches; torch's argmax over float32 otherwise. `eos_token_ids`:
+        the ids that end generation (the scheduler's), masked for rows below min_tokens."""
         self.device = device
+        self.eos_token_ids = tuple(eos_token_ids)
         self._argmax_rows = argmax_rows
         self._rng = torch.Generator(device=device)
         if seed is None:
@@ -39,6 +45,7 @@ class Sampler:
         float32 (torch's float32 argmax is 5x faster than its bfloat16 one). Random rows are
         sampled in float32.
         """
+        self._mask_end_tokens(logits, requests)
         random_rows = [i for i, r in enumerate(requests) if not _is_greedy(r)]
         if not random_rows and self._argmax_rows is not None and logits.is_contiguous():
             tokens = self._argmax_rows(logits)  # exact: the same first maximum
@@ -53,6 +60,20 @@ class Sampler:
         if self._calls % _PRUNE_EVERY == 0:
             self._prune()
         return tokens.tolist()
+
+    def _mask_end_tokens(self, logits: torch.Tensor, requests: Sequence[Request]) -> None:
+        """min_tokens: rows whose next token is still within it cannot end (in place)."""
+        for row, request in enumerate(requests):
+            sampling = request.sampling
+            if len(request.output_token_ids) >= sampling.min_tokens:
+                continue
+            ids = set(sampling.stop_token_ids)
+            if not sampling.ignore_eos:
+                ids.update(self.eos_token_ids)
+            vocab = logits.shape[-1]
+            ids = [i for i in ids if 0 <= i < vocab]
+            if ids:
+                logits[row, ids] = float("-inf")
 
     def _sample_random(self, logits: torch.Tensor, requests: Sequence[Request]) -> torch.Tensor:
         params = [r.sampling for r in requests]

@@ -127,6 +127,15 @@ class Policy(ABC):
         self.latency_model = latency_model
         self.config = config
 
+    def assess_arrival(self, request: RequestView, view: SchedulerView) -> Rejection | None:
+        """A request is about to join the queue: a Rejection (code and words) if this policy
+        predicts that its SLO cannot be met, None to take it. The scheduler asks only when its
+        admission control is on (`Scheduler(reject_infeasible=True)`, a server's choice);
+        otherwise every request is served, best effort when it is late. Must not change the
+        policy's state: `on_arrival` follows for a request that is taken. Default: None (a
+        policy without predictions takes everything)."""
+        return None
+
     # State-change hooks: the scheduler calls each one after the change, once per change, so
     # a policy that keeps its own queues follows the scheduler's exactly (no re-sync).
     def on_arrival(self, request: RequestView, view: SchedulerView) -> None:  # noqa: B027

@@ -162,6 +162,30 @@ class SlicePolicy(Policy):
         self._credit.pop(rid, None)
         self._dirty = True
 
+    def assess_arrival(self, request: RequestView, view: SchedulerView) -> Rejection | None:
+        """Refuse a request whose SLO cannot be met even alone, or whose first token is due
+        within a period while the selection, re-run with it, finds it no place (the requests
+        already taken rank higher). One that can wait a period is taken: places free up."""
+        now = view.now_s
+        c = self._selector.assess(request, now)
+        if not c.feasible:
+            return Rejection(request, "its SLO cannot be met even if it were served alone now")
+        if c.tier != TIER_URGENT:
+            return None
+        candidates = [a for r in self._active.values()
+                      if (a := self._selector.assess(r, now)).feasible]
+        candidates.append(c)
+        candidates.sort(key=lambda c: (c.tier, -c.rank, c.request.first_token_s is None,
+                                       c.request.arrival_s))
+        budget_ms = self.period_ms * (1.0 - self.options.headroom)
+        if self._triaged or len(candidates) > self.options.max_rows:
+            budget_ms *= 1.0 - self.options.best_effort_share
+        chosen = self._selector.select(candidates, budget_ms, self._credit, now)
+        if any(x.request is request for x in chosen):
+            return None
+        return Rejection(request, "the device cannot fit it in before its TTFT: the requests "
+                                  "it would have to displace rank higher")
+
     # --- selection ---
     def _replan(self, view: SchedulerView) -> None:
         opts, now = self.options, view.now_s
