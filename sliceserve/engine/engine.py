@@ -6,6 +6,7 @@ The same Engine serves live traffic (a model runner, a wall clock) and simulatio
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Protocol
 
 from sliceserve.clock import Clock
@@ -50,8 +51,12 @@ class Engine:
         # A decision that only preempted (vLLM v1 makes one when the request that needs a
         # block is itself the victim) computed nothing but freed KV: decide again at once,
         # so that an empty step always means idle. Each such round shrinks `running`.
+        preempted = plan.preempted_ids
         while plan.is_empty and plan.preempted_ids and self.scheduler.has_unfinished():
             plan = self.scheduler.schedule(self.clock.now())
+            preempted += plan.preempted_ids
+        if len(preempted) != len(plan.preempted_ids):  # the executor hears of every one
+            plan = replace(plan, preempted_ids=preempted)
         if plan.is_empty:
             return StepOutput(now_s=plan.now_s, idle=True)
         try:
