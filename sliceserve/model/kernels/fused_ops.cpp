@@ -1,4 +1,4 @@
-// Element-wise steps of a layer fused into one pass each, on CPU (bfloat16 and float16).
+// Element-wise steps of a layer fused into one pass each, on CPU (bfloat16, float16, float32).
 //
 // Eager PyTorch runs RMSNorm as six kernels, RoPE as seven and SiLU-and-multiply as two, each
 // reading and writing the whole activation; here each is one loop over a token's row. They
@@ -6,6 +6,8 @@
 // order of operations), so results differ from eager only where float32 sums are ordered
 // differently (RMSNorm's sum of squares) or exp and the reciprocal differ in their last bits
 // (SiLU): a bfloat16 result then differs by one unit in the last place, rarely.
+// The vector loops are written over simd.h's `Vec` (its lanes chosen at build time), each
+// followed by a scalar loop over the tail.
 // (simd.h comes first in the compiled unit.)
 
 namespace sliceserve_fused {
@@ -19,20 +21,20 @@ inline int64_t grain(int64_t row_elems) { return std::max<int64_t>(1, 16384 / ro
 // out = to_T(w * to_T(x * rsqrt(mean(x^2) + eps))) (transformers' LlamaRMSNorm).
 template <typename T>
 void rms_norm_row(T* x, const T* residual, const T* w, T* out, int64_t hidden, float eps) {
+  // Four partial sums of squares: independent chains (the adds' latency), and a sum of
+  // fewer terms each (in float32 a long single chain drifts by several ulps).
   int64_t i = 0;
-  float sum = 0.f;
-#ifdef SLICESERVE_AVX512
-  __m512 acc = _mm512_setzero_ps();
-  for (; i + 16 <= hidden; i += 16) {
-    __m512 v = load16(x + i);
+  Vec acc[4] = {Vec::zero(), Vec::zero(), Vec::zero(), Vec::zero()};
+  for (; i + kLanes <= hidden; i += kLanes) {
+    Vec v = Vec::load(x + i);
     if (residual != nullptr) {
-      v = round16<T>(_mm512_add_ps(v, load16(residual + i)));
-      store16(x + i, v);
+      v = (v + Vec::load(residual + i)).template rounded<T>();
+      v.store(x + i);
     }
-    acc = _mm512_fmadd_ps(v, v, acc);
+    Vec& a = acc[(i / kLanes) % 4];
+    a = Vec::fma(v, v, a);
   }
-  sum = _mm512_reduce_add_ps(acc);
-#endif
+  float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])).sum();
   for (int64_t j = i; j < hidden; ++j) {
     if (residual != nullptr) x[j] = static_cast<T>(to_float(x[j]) + to_float(residual[j]));
     const float v = to_float(x[j]);
@@ -40,11 +42,9 @@ void rms_norm_row(T* x, const T* residual, const T* w, T* out, int64_t hidden, f
   }
   const float inv = 1.f / std::sqrt(sum / static_cast<float>(hidden) + eps);
   i = 0;
-#ifdef SLICESERVE_AVX512
-  const __m512 vinv = _mm512_set1_ps(inv);
-  for (; i + 16 <= hidden; i += 16)
-    store16(out + i, _mm512_mul_ps(load16(w + i), round16<T>(_mm512_mul_ps(load16(x + i), vinv))));
-#endif
+  const Vec vinv = Vec::broadcast(inv);
+  for (; i + kLanes <= hidden; i += kLanes)
+    (Vec::load(w + i) * (Vec::load(x + i) * vinv).template rounded<T>()).store(out + i);
   for (; i < hidden; ++i) out[i] = static_cast<T>(to_float(w[i]) * round_to<T>(to_float(x[i]) * inv));
 }
 
@@ -63,18 +63,15 @@ void rms_norm_rows(T* x, const T* residual, const T* w, T* out, int64_t tokens, 
 template <typename T>
 void rope_head(T* x, const T* c, const T* s, int64_t half) {
   int64_t i = 0;
-#ifdef SLICESERVE_AVX512
-  for (; i + 16 <= half; i += 16) {
-    const __m512 a = load16(x + i), b = load16(x + half + i);
-    const __m512 lo = _mm512_add_ps(round16<T>(_mm512_mul_ps(a, load16(c + i))),
-                                    round16<T>(_mm512_mul_ps(b, _mm512_sub_ps(
-                                        _mm512_setzero_ps(), load16(s + i)))));
-    const __m512 hi = _mm512_add_ps(round16<T>(_mm512_mul_ps(b, load16(c + half + i))),
-                                    round16<T>(_mm512_mul_ps(a, load16(s + half + i))));
-    store16(x + i, lo);
-    store16(x + half + i, hi);
+  for (; i + kLanes <= half; i += kLanes) {
+    const Vec a = Vec::load(x + i), b = Vec::load(x + half + i);
+    const Vec lo = (a * Vec::load(c + i)).template rounded<T>() +
+                   (b * (Vec::zero() - Vec::load(s + i))).template rounded<T>();
+    const Vec hi = (b * Vec::load(c + half + i)).template rounded<T>() +
+                   (a * Vec::load(s + half + i)).template rounded<T>();
+    lo.store(x + i);
+    hi.store(x + half + i);
   }
-#endif
   for (; i < half; ++i) {
     const float a = to_float(x[i]), b = to_float(x[i + half]);
     const float lo = round_to<T>(a * to_float(c[i])) + round_to<T>(-b * to_float(s[i]));
@@ -119,27 +116,21 @@ void silu_mul_rows(const T* gate_up, T* out, int64_t tokens, int64_t inter) {
       const T* u = g + inter;
       T* o = out + t * inter;
       int64_t i = 0;
-#ifdef SLICESERVE_AVX512
-      const __m512 one = _mm512_set1_ps(1.f);
-      for (; i + 16 <= inter; i += 16) {
-        const __m512 x = load16(g + i);
-        const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), x));
-        // x / (1 + e) as x * (1 / (1 + e)): a reciprocal estimate and one Newton step
-        // (about 23 bits) instead of a division, which is several times slower.
-        // Where exp(-x) overflows (x < kSiluZeroBelow) eager's x / inf is -0; the estimate's
-        // Newton step would make inf * 0 = NaN there, so those lanes are set to -0.
-        const __m512 d = _mm512_add_ps(one, e);
-        __m512 r = _mm512_rcp14_ps(d);
-        r = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.f)));
-        const __mmask16 zero = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kSiluZeroBelow), _CMP_LT_OQ);
-        const __m512 silu = round16<T>(
-            _mm512_mask_mov_ps(_mm512_mul_ps(x, r), zero, _mm512_set1_ps(-0.f)));
-        store16(o + i, _mm512_mul_ps(silu, load16(u + i)));
+      const Vec one = Vec::broadcast(1.f);
+      for (; i + kLanes <= inter; i += kLanes) {
+        const Vec x = Vec::load(g + i);
+        // x / (1 + exp(-x)) as x * (1 / (1 + exp(-x))): Vec's reciprocal is an estimate
+        // refined by a Newton step where the CPU has one, faster than a division.
+        // Where exp(-x) overflows (x < kSiluZeroBelow) eager's x / inf is -0; the Newton
+        // step would make inf * 0 = NaN there (and the vector exp saturates), so those
+        // lanes are set to -0.
+        const Vec silu = x.below(kSiluZeroBelow, Vec::broadcast(-0.f),
+                                 x * (one + (Vec::zero() - x).exp()).reciprocal())
+                             .template rounded<T>();
+        (silu * Vec::load(u + i)).store(o + i);
       }
-#endif
       for (; i < inter; ++i) {
         const float x = to_float(g[i]);
-        // (-ffast-math assumes no inf: the overflow is taken by the test on x, not on exp.)
         const float silu = x < kSiluZeroBelow ? -0.f : x / (1.f + std::exp(-x));
         o[i] = static_cast<T>(round_to<T>(silu) * to_float(u[i]));
       }
@@ -153,17 +144,15 @@ template <typename T>
 int64_t argmax_row(const T* x, int64_t n) {
   int64_t i = 0;
   float best = -std::numeric_limits<float>::infinity();
-#ifdef SLICESERVE_AVX512
-  __m512 vbest = _mm512_set1_ps(best);
-  __mmask16 nan = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m512 v = load16(x + i);
-    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    vbest = _mm512_max_ps(vbest, v);
+  Vec vbest = Vec::broadcast(best);
+  bool nan = false;
+  for (; i + kLanes <= n; i += kLanes) {
+    const Vec v = Vec::load(x + i);
+    nan = nan || v.any_nan();
+    vbest = Vec::max(vbest, v);
   }
   if (nan) i = 0;  // let the scalar loop find the first NaN
-  else best = _mm512_reduce_max_ps(vbest);
-#endif
+  else best = vbest.max_lane();
   for (int64_t j = i; j < n; ++j) {
     const float v = to_float(x[j]);
     if (std::isnan(v)) return j;
@@ -182,11 +171,11 @@ void dispatch(at::ScalarType dtype, const char* name, Fn&& fn) {
   else TORCH_CHECK(false, name, ": float32, bfloat16 or float16 expected");
 }
 
-void check_rows(const torch::Tensor& t, const char* name) {
+void check_rows(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.dim() == 2 && t.is_contiguous(), name, ": a contiguous [tokens, n] tensor expected");
 }
 
-void check_weight(const torch::Tensor& x, const torch::Tensor& w, const char* name) {
+void check_weight(const at::Tensor& x, const at::Tensor& w, const char* name) {
   TORCH_CHECK(w.is_contiguous() && w.numel() == x.size(1) && w.scalar_type() == x.scalar_type(),
               name, ": weight must be a contiguous [hidden] tensor of the input's dtype");
 }
@@ -196,10 +185,10 @@ void check_weight(const torch::Tensor& x, const torch::Tensor& w, const char* na
 using namespace sliceserve_fused;
 
 // x: [T, hidden]; weight: [hidden]. Returns the normalized rows.
-torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps) {
+at::Tensor rms_norm(at::Tensor x, at::Tensor weight, double eps) {
   check_rows(x, "rms_norm");
   check_weight(x, weight, "rms_norm");
-  auto out = torch::empty_like(x);
+  auto out = empty_rows(x.sizes(), x.scalar_type());
   dispatch(x.scalar_type(), "rms_norm", [&](auto tag) {
     using T = decltype(tag);
     rms_norm_rows<T>(x.data_ptr<T>(), nullptr, weight.data_ptr<T>(), out.data_ptr<T>(),
@@ -209,14 +198,14 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps) {
 }
 
 // hidden += residual (in place, rounded as the eager add), then returns rms_norm(hidden).
-torch::Tensor add_rms_norm_(torch::Tensor hidden, torch::Tensor residual, torch::Tensor weight,
+at::Tensor add_rms_norm_(at::Tensor hidden, at::Tensor residual, at::Tensor weight,
                             double eps) {
   check_rows(hidden, "add_rms_norm_");
   check_rows(residual, "add_rms_norm_");
   check_weight(hidden, weight, "add_rms_norm_");
   TORCH_CHECK(residual.sizes() == hidden.sizes() && residual.scalar_type() == hidden.scalar_type(),
               "add_rms_norm_: residual must match hidden");
-  auto out = torch::empty_like(hidden);
+  auto out = empty_rows(hidden.sizes(), hidden.scalar_type());
   dispatch(hidden.scalar_type(), "add_rms_norm_", [&](auto tag) {
     using T = decltype(tag);
     rms_norm_rows<T>(hidden.data_ptr<T>(), residual.data_ptr<T>(), weight.data_ptr<T>(),
@@ -227,8 +216,8 @@ torch::Tensor add_rms_norm_(torch::Tensor hidden, torch::Tensor residual, torch:
 
 // qkv: [T, (H + 2 Hkv) D], RoPE applied in place to its q and k parts; cos, sin: [T, D];
 // slots: [T] int64; caches: [Hkv, cache_slots, D], each token's k and v stored at its slot.
-void rope_store_(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torch::Tensor slots,
-                 torch::Tensor key_cache, torch::Tensor value_cache, int64_t heads) {
+void rope_store_(at::Tensor qkv, at::Tensor cos, at::Tensor sin, at::Tensor slots,
+                 at::Tensor key_cache, at::Tensor value_cache, int64_t heads) {
   check_rows(qkv, "rope_store_");
   check_rows(cos, "rope_store_");
   check_rows(sin, "rope_store_");
@@ -254,11 +243,11 @@ void rope_store_(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torch:
 }
 
 // gate_up: [T, 2 I] -> silu(gate) * up: [T, I].
-torch::Tensor silu_mul(torch::Tensor gate_up) {
+at::Tensor silu_mul(at::Tensor gate_up) {
   check_rows(gate_up, "silu_mul");
   TORCH_CHECK(gate_up.size(1) % 2 == 0, "silu_mul: an even number of columns expected");
   const int64_t inter = gate_up.size(1) / 2;
-  auto out = torch::empty({gate_up.size(0), inter}, gate_up.options());
+  auto out = empty_rows({gate_up.size(0), inter}, gate_up.scalar_type());
   dispatch(gate_up.scalar_type(), "silu_mul", [&](auto tag) {
     using T = decltype(tag);
     silu_mul_rows<T>(gate_up.data_ptr<T>(), out.data_ptr<T>(), gate_up.size(0), inter);
@@ -267,9 +256,9 @@ torch::Tensor silu_mul(torch::Tensor gate_up) {
 }
 
 // logits: [S, vocab] -> [S] int64, the argmax of each row.
-torch::Tensor argmax_rows(torch::Tensor logits) {
+at::Tensor argmax_rows(at::Tensor logits) {
   check_rows(logits, "argmax_rows");
-  auto out = torch::empty({logits.size(0)}, logits.options().dtype(at::kLong));
+  auto out = empty_rows({logits.size(0)}, at::kLong);
   int64_t* op = out.data_ptr<int64_t>();
   const int64_t n = logits.size(1);
   dispatch(logits.scalar_type(), "argmax_rows", [&](auto tag) {
@@ -281,3 +270,6 @@ torch::Tensor argmax_rows(torch::Tensor logits) {
   });
   return out;
 }
+
+// Which vector path this build took ("avx512/16": the path, then float lanes per vector).
+std::string kernel_path() { return sliceserve_simd::simd_path(); }

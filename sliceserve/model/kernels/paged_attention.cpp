@@ -6,8 +6,8 @@
 // 16 tokens: the tile's scores, then an online softmax (running max and sum, float32), then
 // the tile's values into float32 accumulators. No gathered copy of the history is made.
 //
-// With AVX-512 (the build uses -march=native) the tile loops are explicit vector code with a
-// vectorized exp; elsewhere a portable scalar version computes the same thing.
+// The tile loops are written over simd.h's `Vec` (AVX-512, AVX2, ATen's portable vectors or
+// one scalar lane, chosen at build time), with its vectorized exp.
 // (simd.h comes first in the compiled unit.)
 
 namespace sliceserve_attention {
@@ -33,18 +33,19 @@ inline std::pair<int, int64_t> tile_at(const Task& task, int64_t start) {
   return {n, task.table[start / task.block_size] * task.block_size + in_block};
 }
 
-#ifdef SLICESERVE_AVX512
-
 template <typename T, int D, int G>
 void decode_task(const T* q, const T* keys, const T* values, const Task& task, T* out) {
   // q, out: [G, D] contiguous (this kv head's query heads); keys/values: [slots, D].
-  constexpr int V = D / 16;
-  __m512 qv[G][V], acc[G][V];
+  constexpr int V = D / kLanes;  // vectors per head (kLanes divides 64)
+  constexpr int S = kTile / kLanes;  // vectors per tile of scores
+  static_assert(D % kLanes == 0 && kTile % kLanes == 0, "lanes must divide D and the tile");
+  Vec qv[G][V], acc[G][V];
   float m[G], l[G];
+  const Vec scale = Vec::broadcast(task.scale);
   for (int g = 0; g < G; ++g) {
     for (int v = 0; v < V; ++v) {
-      qv[g][v] = _mm512_mul_ps(load16(q + g * D + 16 * v), _mm512_set1_ps(task.scale));
-      acc[g][v] = _mm512_setzero_ps();
+      qv[g][v] = Vec::load(q + g * D + kLanes * v) * scale;
+      acc[g][v] = Vec::zero();
     }
     m[g] = -std::numeric_limits<float>::infinity();
     l[g] = 0.f;
@@ -55,97 +56,50 @@ void decode_task(const T* q, const T* keys, const T* values, const Task& task, T
     const T* k = keys + slot * D;
     const T* val = values + slot * D;
     for (int i = 0; i < n; ++i) {
-      __m512 kv[V];
-      for (int v = 0; v < V; ++v) kv[v] = load16(k + i * D + 16 * v);
+      Vec kv[V];
+      for (int v = 0; v < V; ++v) kv[v] = Vec::load(k + i * D + kLanes * v);
       for (int g = 0; g < G; ++g) {
-        __m512 a = _mm512_mul_ps(qv[g][0], kv[0]);
-        for (int v = 1; v < V; ++v) a = _mm512_fmadd_ps(qv[g][v], kv[v], a);
-        s[g][i] = _mm512_reduce_add_ps(a);
+        Vec a = qv[g][0] * kv[0];
+        for (int v = 1; v < V; ++v) a = Vec::fma(qv[g][v], kv[v], a);
+        s[g][i] = a.sum();
       }
     }
-    const __mmask16 live = static_cast<__mmask16>((1u << n) - 1u);
     for (int g = 0; g < G; ++g) {
-      const __m512 sv = _mm512_mask_loadu_ps(
-          _mm512_set1_ps(-std::numeric_limits<float>::infinity()), live, s[g]);
-      const float new_max = std::max(m[g], _mm512_reduce_max_ps(sv));
-      const __m512 p = _mm512_maskz_mov_ps(live, exp16(_mm512_sub_ps(sv, _mm512_set1_ps(new_max))));
+      // Online softmax over the tile; slots past n hold no token (-inf before exp, 0 after).
+      for (int i = n; i < kTile; ++i) s[g][i] = -std::numeric_limits<float>::infinity();
+      Vec top = Vec::load(s[g]);
+      for (int j = 1; j < S; ++j) top = Vec::max(top, Vec::load(s[g] + j * kLanes));
+      const float new_max = std::max(m[g], top.max_lane());
+      const Vec shift = Vec::broadcast(new_max);
+      for (int j = 0; j < S; ++j) (Vec::load(s[g] + j * kLanes) - shift).exp().store(s[g] + j * kLanes);
+      for (int i = n; i < kTile; ++i) s[g][i] = 0.f;
+      Vec total = Vec::load(s[g]);
+      for (int j = 1; j < S; ++j) total = total + Vec::load(s[g] + j * kLanes);
       const float correction = std::exp(m[g] - new_max);  // 0 on the first tile
-      l[g] = l[g] * correction + _mm512_reduce_add_ps(p);
+      l[g] = l[g] * correction + total.sum();
       m[g] = new_max;
-      _mm512_store_ps(s[g], p);
-      const __m512 c = _mm512_set1_ps(correction);
-      for (int v = 0; v < V; ++v) acc[g][v] = _mm512_mul_ps(acc[g][v], c);
+      const Vec c = Vec::broadcast(correction);
+      for (int v = 0; v < V; ++v) acc[g][v] = acc[g][v] * c;
     }
     for (int i = 0; i < n; ++i) {
-      __m512 vv[V];
-      for (int v = 0; v < V; ++v) vv[v] = load16(val + i * D + 16 * v);
+      Vec vv[V];
+      for (int v = 0; v < V; ++v) vv[v] = Vec::load(val + i * D + kLanes * v);
       for (int g = 0; g < G; ++g) {
-        const __m512 p = _mm512_set1_ps(s[g][i]);
-        for (int v = 0; v < V; ++v) acc[g][v] = _mm512_fmadd_ps(p, vv[v], acc[g][v]);
+        const Vec p = Vec::broadcast(s[g][i]);
+        for (int v = 0; v < V; ++v) acc[g][v] = Vec::fma(p, vv[v], acc[g][v]);
       }
     }
   }
   for (int g = 0; g < G; ++g) {
-    const __m512 inv = _mm512_set1_ps(1.f / l[g]);
-    for (int v = 0; v < V; ++v) store16(out + g * D + 16 * v, _mm512_mul_ps(acc[g][v], inv));
+    const Vec inv = Vec::broadcast(1.f / l[g]);
+    for (int v = 0; v < V; ++v) (acc[g][v] * inv).store(out + g * D + kLanes * v);
   }
 }
 
-#else  // portable version
-
 template <typename T, int D, int G>
-void decode_task(const T* q, const T* keys, const T* values, const Task& task, T* out) {
-  float qf[G][D], acc[G][D], m[G], l[G], s[G][kTile];
-  for (int g = 0; g < G; ++g) {
-    for (int d = 0; d < D; ++d) {
-      qf[g][d] = to_float(q[g * D + d]) * task.scale;
-      acc[g][d] = 0.f;
-    }
-    m[g] = -std::numeric_limits<float>::infinity();
-    l[g] = 0.f;
-  }
-  for (int64_t start = 0; start < task.length; start += kTile) {
-    const auto [n, slot] = tile_at(task, start);
-    const T* k = keys + slot * D;
-    const T* val = values + slot * D;
-    for (int i = 0; i < n; ++i) {
-      float kf[D];
-      for (int d = 0; d < D; ++d) kf[d] = to_float(k[i * D + d]);
-      for (int g = 0; g < G; ++g) {
-        float a = 0.f;
-        for (int d = 0; d < D; ++d) a += qf[g][d] * kf[d];
-        s[g][i] = a;
-      }
-    }
-    for (int g = 0; g < G; ++g) {
-      float new_max = m[g];
-      for (int i = 0; i < n; ++i) new_max = std::max(new_max, s[g][i]);
-      const float correction = std::exp(m[g] - new_max);
-      float sum = 0.f;
-      for (int i = 0; i < n; ++i) { s[g][i] = std::exp(s[g][i] - new_max); sum += s[g][i]; }
-      l[g] = l[g] * correction + sum;
-      m[g] = new_max;
-      for (int d = 0; d < D; ++d) acc[g][d] *= correction;
-    }
-    for (int i = 0; i < n; ++i) {
-      float vf[D];
-      for (int d = 0; d < D; ++d) vf[d] = to_float(val[i * D + d]);
-      for (int g = 0; g < G; ++g)
-        for (int d = 0; d < D; ++d) acc[g][d] += s[g][i] * vf[d];
-    }
-  }
-  for (int g = 0; g < G; ++g) {
-    const float inv = 1.f / l[g];
-    for (int d = 0; d < D; ++d) out[g * D + d] = static_cast<T>(acc[g][d] * inv);
-  }
-}
-
-#endif
-
-template <typename T, int D, int G>
-void run(const torch::Tensor& q, const torch::Tensor& key_cache, const torch::Tensor& value_cache,
-         const torch::Tensor& tables, const torch::Tensor& lengths, int64_t block_size,
-         double scale, torch::Tensor& out) {
+void run(const at::Tensor& q, const at::Tensor& key_cache, const at::Tensor& value_cache,
+         const at::Tensor& tables, const at::Tensor& lengths, int64_t block_size,
+         double scale, at::Tensor& out) {
   const int64_t rows = q.size(0), heads = q.size(1);
   const int64_t kv_heads = key_cache.size(0), slots = key_cache.size(1);
   const int64_t max_blocks = tables.size(1);
@@ -167,9 +121,9 @@ void run(const torch::Tensor& q, const torch::Tensor& key_cache, const torch::Te
 }
 
 template <typename T, int D>
-void run_group(int64_t group, const torch::Tensor& q, const torch::Tensor& kc,
-               const torch::Tensor& vc, const torch::Tensor& tables, const torch::Tensor& lengths,
-               int64_t block_size, double scale, torch::Tensor& out) {
+void run_group(int64_t group, const at::Tensor& q, const at::Tensor& kc,
+               const at::Tensor& vc, const at::Tensor& tables, const at::Tensor& lengths,
+               int64_t block_size, double scale, at::Tensor& out) {
   switch (group) {
     case 1: return run<T, D, 1>(q, kc, vc, tables, lengths, block_size, scale, out);
     case 2: return run<T, D, 2>(q, kc, vc, tables, lengths, block_size, scale, out);
@@ -188,9 +142,9 @@ using namespace sliceserve_attention;
 
 // q: [rows, heads, D], each row's heads contiguous (rows may be strided); caches: [kv_heads, slots, D] contiguous; tables: [rows,
 // max_blocks] int64; lengths: [rows] int64 (context length including the new token, >= 1).
-torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor key_cache,
-                                     torch::Tensor value_cache, torch::Tensor tables,
-                                     torch::Tensor lengths, int64_t block_size, double scale) {
+at::Tensor paged_decode_attention(at::Tensor q, at::Tensor key_cache,
+                                     at::Tensor value_cache, at::Tensor tables,
+                                     at::Tensor lengths, int64_t block_size, double scale) {
   TORCH_CHECK(q.dim() == 3 && q.stride(2) == 1 && q.stride(1) == q.size(2) &&
                   key_cache.is_contiguous() && value_cache.is_contiguous() &&
                   tables.is_contiguous() && lengths.is_contiguous(),
@@ -203,7 +157,7 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor key_cache,
   const int64_t group = q.size(1) / key_cache.size(0);
   TORCH_CHECK(q.size(1) % key_cache.size(0) == 0 && group >= 1 && group <= kMaxGroup,
               "paged_decode_attention: 1 to 8 query heads per kv head");
-  auto out = torch::empty({q.size(0), q.size(1), q.size(2)}, q.options());
+  auto out = empty_rows({q.size(0), q.size(1), q.size(2)}, q.scalar_type());
   const int64_t d = q.size(2);
   TORCH_CHECK(d == 64 || d == 128, "paged_decode_attention: head_dim 64 or 128");
   const auto dtype = q.scalar_type();
