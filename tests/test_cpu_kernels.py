@@ -1,10 +1,13 @@
 """The compiled CPU kernels (sliceserve/model/kernels/) against the eager PyTorch code they
-replace: the fused element-wise ops op by op, in bfloat16, float16 and float32, at sizes that
-exercise both the 16-lane loops and their scalar tails; the decode-attention kernel over
-strided query rows; and a whole forward pass of a tiny model with and without the fused ops.
+replace, in every build variant this CPU can run (`variants_here`: the AVX-512 path where the
+CPU has it, the AVX2 path, ATen's portable vectors, the scalar path; each its own build,
+cached): the fused element-wise ops op by op, in bfloat16, float16 and float32, at sizes that
+exercise both the vector loops (16, 8 or 4 lanes) and their scalar tails; the decode-attention
+kernel over strided query rows; and a whole forward pass of a tiny model with and without the
+fused ops. What each build recorded (its vector path) is checked against its flags.
 
 Exactness: the fused ops round where the eager code rounds, so the residual add, RoPE and the
-KV store are bit for bit eager's in bfloat16 and float16. RMSNorm (its float32 sum of squares
+KV store are bit for bit eager's in every dtype. RMSNorm (its float32 sum of squares
 is ordered differently) and SiLU (the vector exp) may land one float32 ulp away from eager
 before rounding to the storage dtype, which moves a tiny fraction of the rounded intermediate
 (the normalized row, the SiLU) by one ulp; the multiply that follows (by the weight, by `up`)
@@ -13,19 +16,51 @@ can turn that into two ulps of the output.
 
 from __future__ import annotations
 
+import functools
+import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from sliceserve.model.kernels import cpu_kernels
+from sliceserve.model import kernels as kernels_package
+from sliceserve.model.cpu import detected_cpu
+from sliceserve.model.kernels import cpu_kernels, kernel_info
 from sliceserve.model.llama import _rms_norm
 from sliceserve.model.rope import apply_rope
 
-KERNELS = cpu_kernels()
-pytestmark = pytest.mark.skipif(KERNELS is None, reason="no C++ toolchain here: the engine "
-                                "uses the PyTorch path")
+
+def variants_here() -> list[str]:
+    """Every kernel build this CPU can run: native (AVX-512 here if the CPU has it, else AVX2,
+    else portable), avx2 (built with AVX2 flags only) where native is not already that,
+    portable (ATen's vectors) and scalar."""
+    flags = set(detected_cpu().flags)
+    variants = ["native"]
+    if kernels_package.can_run("avx2") and {"avx512f", "avx512bw"} <= flags:
+        variants.append("avx2")
+    return variants + ["portable", "scalar"]
+
+
+VARIANTS = variants_here()
+
+
+@functools.cache
+def built() -> dict[str, object]:
+    """The variants' modules, built side by side (one compile each, cached across runs)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(VARIANTS, pool.map(cpu_kernels, VARIANTS)))
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def kernels(request: pytest.FixtureRequest) -> object:
+    module = built()[request.param]
+    if module is None:
+        pytest.skip(f"the {request.param} kernels do not build here (no C++ toolchain?): the "
+                    "engine uses the PyTorch path")
+    return module
+
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 HALF_DTYPES = (torch.bfloat16, torch.float16)  # what the runner hands the fused ops
@@ -61,9 +96,9 @@ def assert_nearly_eager(got: torch.Tensor, expected: torch.Tensor, max_ulps: int
 # The criteria per dtype: (max ulps, min bit-identical fraction).
 # - unit weight / unit `up`: the output is the rounded intermediate itself: <= 1 ulp.
 # - random weight / `up`: the product can double that (see the module docstring).
-# - float32 (never used by the runner, which keeps eager PyTorch for it): nothing rounds the
-#   float32 differences away (rsqrt and division under -ffast-math, the vector exp), so about
-#   half the elements differ by a few ulps (5 at most seen); 16 ulps is still 2e-6 relative.
+# - float32: nothing rounds the float32 differences away (the sum of squares ordered
+#   differently, the vector exp and reciprocal), so many elements differ by a few ulps;
+#   16 ulps is still 2e-6 relative.
 INTERMEDIATE = {torch.bfloat16: (1, 0.99), torch.float16: (1, 0.99), torch.float32: (16, 0.0)}
 OUTPUT = {torch.bfloat16: (2, 0.99), torch.float16: (2, 0.99), torch.float32: (16, 0.0)}
 
@@ -77,7 +112,7 @@ def randn(*shape: int, gen: torch.Generator, dtype: torch.dtype, scale: float = 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("hidden", [8, 40, 576, 587, 2048])
-def test_rms_norm_matches_eager(dtype: torch.dtype, hidden: int) -> None:
+def test_rms_norm_matches_eager(kernels: object, dtype: torch.dtype, hidden: int) -> None:
     """8 and 40, 587: scalar tails (8 and 40 = 2 x 16 + 8; 587 = 36 x 16 + 11); 576 (SmolLM2)
     and 2048: the vector loop alone."""
     gen = torch.Generator().manual_seed(hidden)
@@ -85,7 +120,7 @@ def test_rms_norm_matches_eager(dtype: torch.dtype, hidden: int) -> None:
     for weight, criteria in ((torch.ones(hidden, dtype=dtype), INTERMEDIATE),
                              (randn(hidden, gen=gen, dtype=dtype), OUTPUT)):
         before = x.clone()
-        got = KERNELS.rms_norm(x, weight, EPS)
+        got = kernels.rms_norm(x, weight, EPS)
         assert torch.equal(x, before)  # the input is left alone
         assert got.dtype == dtype and got.shape == x.shape
         assert_nearly_eager(got, _rms_norm(x, weight, EPS), *criteria[dtype])
@@ -93,7 +128,8 @@ def test_rms_norm_matches_eager(dtype: torch.dtype, hidden: int) -> None:
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("hidden", [8, 40, 576, 587])
-def test_add_rms_norm_adds_in_place_exactly_and_normalizes(dtype: torch.dtype,
+def test_add_rms_norm_adds_in_place_exactly_and_normalizes(kernels: object,
+                                                           dtype: torch.dtype,
                                                            hidden: int) -> None:
     gen = torch.Generator().manual_seed(100 + hidden)
     hidden_states = randn(33, hidden, gen=gen, dtype=dtype, scale=3.0)
@@ -101,7 +137,7 @@ def test_add_rms_norm_adds_in_place_exactly_and_normalizes(dtype: torch.dtype,
     weight = randn(hidden, gen=gen, dtype=dtype)
     expected_sum = hidden_states + residual  # eager: one rounding of the float32 sum
     residual_before = residual.clone()
-    got = KERNELS.add_rms_norm_(hidden_states, residual, weight, EPS)
+    got = kernels.add_rms_norm_(hidden_states, residual, weight, EPS)
     assert torch.equal(hidden_states, expected_sum)  # bit for bit, every dtype
     assert torch.equal(residual, residual_before)
     assert_nearly_eager(got, _rms_norm(expected_sum, weight, EPS), *OUTPUT[dtype])
@@ -126,8 +162,9 @@ def rope_tables(dim: int, positions: torch.Tensor, dtype: torch.dtype
     (48, 2, 2),  # half = 24: 16 + 8
     (6, 2, 1),  # half = 3: the scalar loop only
 ])
-def test_rope_store_matches_eager_rope_and_index_copy(dtype: torch.dtype, dim: int, heads: int,
-                                                      kv_heads: int) -> None:
+def test_rope_store_matches_eager_rope_and_index_copy(kernels: object, dtype: torch.dtype,
+                                                     dim: int, heads: int,
+                                                     kv_heads: int) -> None:
     gen = torch.Generator().manual_seed(dim * 10 + heads)
     tokens, cache_slots = 23, 300
     width = (heads + 2 * kv_heads) * dim
@@ -149,7 +186,7 @@ def test_rope_store_matches_eager_rope_and_index_copy(dtype: torch.dtype, dim: i
 
     keys_before = key_cache.clone()
     got = qkv.clone()
-    assert KERNELS.rope_store_(got, cos, sin, slots, key_cache, value_cache, heads) is None
+    assert kernels.rope_store_(got, cos, sin, slots, key_cache, value_cache, heads) is None
     got_q, got_k, got_v = got.split((heads * dim, kv_heads * dim, kv_heads * dim), dim=-1)
     got_q = got_q.reshape(tokens, heads, dim)
     got_k = got_k.reshape(tokens, kv_heads, dim)
@@ -158,48 +195,38 @@ def test_rope_store_matches_eager_rope_and_index_copy(dtype: torch.dtype, dim: i
     assert torch.equal(key_cache, keys_before.index_copy(1, slots, got_k.transpose(0, 1)))
     assert torch.equal(value_cache, eager_values)
     assert torch.equal(got_v.reshape(tokens, kv_heads, dim), eager_v)
-    if dtype != torch.float32:
-        # Both products rounded to the dtype, then the sum: eager's roundings, bit for bit.
-        assert torch.equal(got_q, eager_q)
-        assert torch.equal(got_k, eager_k)
-        assert torch.equal(key_cache, eager_keys)
-    else:
-        # float32 is not bit for bit eager: under -ffast-math the compiler contracts
-        # a * cos + (-b * sin) into a fused multiply-add (one rounding instead of eager's
-        # three), so elements that nearly cancel differ by many ulps in relative terms while
-        # the absolute difference stays about one ulp of the products. The runner never uses
-        # the fused ops in float32 (it keeps eager PyTorch there).
-        scale = qkv.abs().max().item()
-        atol = 4 * torch.finfo(dtype).eps * scale
-        torch.testing.assert_close(got_q, eager_q, rtol=0.0, atol=atol)
-        torch.testing.assert_close(got_k, eager_k, rtol=0.0, atol=atol)
-        torch.testing.assert_close(key_cache, eager_keys, rtol=0.0, atol=atol)
+    # Both products rounded to the dtype, then the sum: eager's roundings, bit for bit, in
+    # every dtype (float32 too: the build's -ffp-contract=off keeps the compiler from fusing
+    # a product into the add, which would round once where eager rounds three times).
+    assert torch.equal(got_q, eager_q)
+    assert torch.equal(got_k, eager_k)
+    assert torch.equal(key_cache, eager_keys)
 
 
 # --- SiLU and multiply ---
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("inter", [8, 40, 1536, 1544, 1547])
-def test_silu_mul_matches_eager(dtype: torch.dtype, inter: int) -> None:
+def test_silu_mul_matches_eager(kernels: object, dtype: torch.dtype, inter: int) -> None:
     """8: the scalar loop only; 40, 1544 = 96 x 16 + 8, 1547: with a tail; 1536 (SmolLM2)."""
     gen = torch.Generator().manual_seed(inter)
     gate = randn(65, inter, gen=gen, dtype=dtype, scale=4.0)
     for up, criteria in ((torch.ones_like(gate), INTERMEDIATE),
                          (randn(65, inter, gen=gen, dtype=dtype, scale=2.0), OUTPUT)):
         gate_up = torch.cat([gate, up], dim=-1)
-        got = KERNELS.silu_mul(gate_up)
+        got = kernels.silu_mul(gate_up)
         assert got.shape == (65, inter) and got.dtype == dtype
         assert_nearly_eager(got, F.silu(gate) * up, *criteria[dtype])
 
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES, ids=str)
-def test_silu_mul_at_large_magnitudes(dtype: torch.dtype) -> None:
+def test_silu_mul_at_large_magnitudes(kernels: object, dtype: torch.dtype) -> None:
     """Gate values where exp(-x) underflows or nears float32's largest value (|x| ~ 88)."""
     values = [-88.0, -87.5, -87.0, -60.0, -30.0, -20.0, -1e-3, 0.0, 1e-3, 20.0, 30.0, 88.0,
               100.0, 1000.0, 1e4]
     gate = torch.tensor(values * 3, dtype=dtype)[None]  # 45: two vector steps and a tail
     up = torch.ones_like(gate)
-    got = KERNELS.silu_mul(torch.cat([gate, up], dim=-1))
+    got = kernels.silu_mul(torch.cat([gate, up], dim=-1))
     expected = F.silu(gate) * up
     # Below 1e-30 (x near -88: -88 / exp(88) is 5e-37) a build may give 0: under -ffast-math
     # the division can become a reciprocal, and 1 / exp(88) is subnormal in float32 (the
@@ -210,40 +237,41 @@ def test_silu_mul_at_large_magnitudes(dtype: torch.dtype) -> None:
 
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES, ids=str)
-def test_silu_mul_of_very_negative_gates_is_zero_not_nan(dtype: torch.dtype) -> None:
+def test_silu_mul_of_very_negative_gates_is_zero_not_nan(kernels: object,
+                                                          dtype: torch.dtype) -> None:
     gate = torch.tensor([-89.0, -100.0, -1000.0, -1e4] * 8, dtype=dtype)[None]  # 32: vectors
-    got = KERNELS.silu_mul(torch.cat([gate, torch.ones_like(gate)], dim=-1))
+    got = kernels.silu_mul(torch.cat([gate, torch.ones_like(gate)], dim=-1))
     assert not torch.isnan(got).any(), got
     assert torch.equal(got, F.silu(gate))  # -0 (-x / (1 + exp(-x)) underflows)
 
 
 # --- errors ---
 
-def test_fused_ops_refuse_bad_shapes_and_dtypes() -> None:
+def test_fused_ops_refuse_bad_shapes_and_dtypes(kernels: object) -> None:
     x = torch.randn(4, 40, dtype=torch.bfloat16)
     w = torch.ones(40, dtype=torch.bfloat16)
     with pytest.raises(RuntimeError, match="contiguous"):
-        KERNELS.rms_norm(torch.randn(40, 4, dtype=torch.bfloat16).t(), w, EPS)
+        kernels.rms_norm(torch.randn(40, 4, dtype=torch.bfloat16).t(), w, EPS)
     with pytest.raises(RuntimeError, match="contiguous"):
-        KERNELS.rms_norm(x[0], w, EPS)  # 1-D
+        kernels.rms_norm(x[0], w, EPS)  # 1-D
     with pytest.raises(RuntimeError, match="weight"):
-        KERNELS.rms_norm(x, torch.ones(39, dtype=torch.bfloat16), EPS)
+        kernels.rms_norm(x, torch.ones(39, dtype=torch.bfloat16), EPS)
     with pytest.raises(RuntimeError, match="weight"):
-        KERNELS.rms_norm(x, torch.ones(40, dtype=torch.float16), EPS)
+        kernels.rms_norm(x, torch.ones(40, dtype=torch.float16), EPS)
     with pytest.raises(RuntimeError, match="float32, bfloat16 or float16"):
-        KERNELS.rms_norm(x.double(), w.double(), EPS)
+        kernels.rms_norm(x.double(), w.double(), EPS)
     with pytest.raises(RuntimeError, match="residual"):
-        KERNELS.add_rms_norm_(x, torch.randn(3, 40, dtype=torch.bfloat16), w, EPS)
+        kernels.add_rms_norm_(x, torch.randn(3, 40, dtype=torch.bfloat16), w, EPS)
     with pytest.raises(RuntimeError, match="residual"):
-        KERNELS.add_rms_norm_(x, torch.randn(4, 40, dtype=torch.float16), w, EPS)
+        kernels.add_rms_norm_(x, torch.randn(4, 40, dtype=torch.float16), w, EPS)
     with pytest.raises(RuntimeError, match="contiguous"):
-        KERNELS.add_rms_norm_(x, torch.randn(4, 80, dtype=torch.bfloat16)[:, ::2], w, EPS)
+        kernels.add_rms_norm_(x, torch.randn(4, 80, dtype=torch.bfloat16)[:, ::2], w, EPS)
     with pytest.raises(RuntimeError, match="even"):
-        KERNELS.silu_mul(torch.randn(4, 41, dtype=torch.bfloat16))
+        kernels.silu_mul(torch.randn(4, 41, dtype=torch.bfloat16))
     with pytest.raises(RuntimeError, match="contiguous"):
-        KERNELS.silu_mul(torch.randn(8, 4, dtype=torch.bfloat16).t())
+        kernels.silu_mul(torch.randn(8, 4, dtype=torch.bfloat16).t())
     with pytest.raises(RuntimeError, match="float32, bfloat16 or float16"):
-        KERNELS.silu_mul(torch.randn(4, 8).to(torch.float64))
+        kernels.silu_mul(torch.randn(4, 8).to(torch.float64))
 
     heads, kv_heads, dim, tokens = 4, 2, 64, 3
     dtype = torch.bfloat16
@@ -256,7 +284,7 @@ def test_fused_ops_refuse_bad_shapes_and_dtypes() -> None:
                     key_cache=torch.zeros(kv_heads, 16, dim, dtype=dtype),
                     value_cache=torch.zeros(kv_heads, 16, dim, dtype=dtype), heads=heads)
         args.update(change)
-        KERNELS.rope_store_(*args.values())
+        kernels.rope_store_(*args.values())
 
     call()  # the valid call
     with pytest.raises(RuntimeError, match="int64 slots"):
@@ -299,13 +327,11 @@ def eager_decode(q: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Te
 @pytest.mark.parametrize("block_size", [16, 32])
 @pytest.mark.parametrize("dim", [64, 128])
 @pytest.mark.parametrize("group", [1, 3, 8])
-def test_decode_attention_reads_strided_query_rows(dtype: torch.dtype, block_size: int,
-                                                   dim: int, group: int) -> None:
+def test_decode_attention_reads_strided_query_rows(kernels: object, dtype: torch.dtype,
+                                                   block_size: int, dim: int,
+                                                   group: int) -> None:
     """q as the fused forward passes it: a view of the qkv rows (row stride (H + 2 Hkv) D)."""
-    from sliceserve.model.kernels import paged_decode_attention
-
-    kernel = paged_decode_attention()
-    assert kernel is not None
+    kernel = kernels.paged_decode_attention
     gen = torch.Generator().manual_seed(group * 1000 + dim + block_size)
     kv_heads = 2
     heads = group * kv_heads
@@ -337,10 +363,8 @@ def test_decode_attention_reads_strided_query_rows(dtype: torch.dtype, block_siz
     assert torch.equal(strided[0], value_cache[:, first].repeat_interleave(group, 0))
 
 
-def test_decode_attention_refuses_what_it_cannot_run() -> None:
-    from sliceserve.model.kernels import paged_decode_attention
-
-    kernel = paged_decode_attention()
+def test_decode_attention_refuses_what_it_cannot_run(kernels: object) -> None:
+    kernel = kernels.paged_decode_attention
     dtype = torch.float16
     cache = torch.zeros(2, 64, 64, dtype=dtype)
     tables = torch.zeros(3, 4, dtype=torch.long)
@@ -410,13 +434,15 @@ def _plans(block_size: int) -> list[tuple]:
     return [first, second]
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
 @pytest.mark.parametrize("shape", ["head_dim 16", "head_dim 64"])
-def test_fused_forward_matches_the_eager_forward(tmp_path: Path, dtype: str, shape: str) -> None:
-    """The same plans through the same model, fused ops on and off: the final hidden states,
-    the logits and the KV cache agree to the dtype's rounding. "head_dim 16" (the default
-    tiny model) runs RoPE's scalar loop and the gather path for decode rows; "head_dim 64"
-    runs the vector loops, a tail in SiLU (intermediate 200) and the decode kernel."""
+def test_fused_forward_matches_the_eager_forward(kernels: object, tmp_path: Path, dtype: str,
+                                                 shape: str) -> None:
+    """The same plans through the same model, fused ops (this variant's) on and off: the
+    final hidden states, the logits and the KV cache agree to the dtype's rounding.
+    "head_dim 16" (the default tiny model) runs RoPE's scalar loop and the gather path for
+    decode rows; "head_dim 64" runs the vector loops, a tail in SiLU (intermediate 200) and
+    the decode kernel."""
     from sliceserve.model.attention import build_layout
     from sliceserve.model.runner import ModelRunner, RunnerConfig
     from tests.engine_helpers import TEST_DEVICE
@@ -424,17 +450,21 @@ def test_fused_forward_matches_the_eager_forward(tmp_path: Path, dtype: str, sha
 
     if TEST_DEVICE != "cpu":
         pytest.skip("the fused ops are CPU kernels")
+    if shape == "head_dim 16" and kernel_info(kernels)["variant"] != "native":
+        pytest.skip("the scalar RoPE loop and the gather path: the same in every variant")
     sizes = ({} if shape == "head_dim 16" else
              dict(hidden_size=256, num_heads=4, num_kv_heads=2, intermediate_size=200))
     folder = make_tiny_model(tmp_path / "tiny", "llama", seed=3, **sizes)
     runner = ModelRunner(folder, RunnerConfig(dtype=dtype, num_kv_blocks=64, block_size=16))
     model, cache = runner.model, runner.cache
-    assert model.fused_ops is KERNELS  # the runner's choice for bf16/fp16 on CPU
+    assert model.fused_ops is cpu_kernels()  # the runner's choice on CPU, every dtype
     assert (model.decode_kernel is not None) == (shape == "head_dim 64")
-    recording = _Recording(KERNELS)
+    kernel = None if model.decode_kernel is None else kernels.paged_decode_attention
+    recording = _Recording(kernels)
 
     def run(fused_ops: object) -> list[torch.Tensor]:
         model.fused_ops = fused_ops
+        model.decode_kernel = kernel if fused_ops is not None else None
         cache.keys.zero_()
         cache.values.zero_()
         outputs = []
@@ -451,7 +481,7 @@ def test_fused_forward_matches_the_eager_forward(tmp_path: Path, dtype: str, sha
     # Measured here: bfloat16 bit for bit, float16 within 1e-3 of each tensor's largest
     # element (its RMSNorm ulps); a sign error in RoPE's sin moves hidden states and logits by
     # 5e-3 to 5e-2 of that, and the keys by more than the largest element.
-    tol = {"bfloat16": 1e-2, "float16": 3e-3}[dtype]
+    tol = {"bfloat16": 1e-2, "float16": 3e-3, "float32": 1e-5}[dtype]
     names = ["hidden 1", "logits 1", "hidden 2", "logits 2", "keys", "values"]
     for name, got, expected in zip(names, fused, eager):
         assert torch.isfinite(got).all(), name
@@ -461,3 +491,43 @@ def test_fused_forward_matches_the_eager_forward(tmp_path: Path, dtype: str, sha
     for name, got, expected in zip(names[4:], fused[4:], eager[4:]):
         same = (got == expected).float().mean().item()
         assert same > 0.9, f"{name}: only {same:.3f} of the cache bit-identical"
+
+
+# --- the builds ---
+
+def test_each_build_records_the_vector_path_its_flags_give(kernels: object) -> None:
+    """native: AVX-512 where the CPU has F and BW, else AVX2 (+FMA, F16C), else portable;
+    avx2: AVX2 whatever the host; portable: ATen's vectors (16 lanes with AVX-512, 8 with
+    AVX2, 4 with NEON); scalar: one lane. The build folder's build.json says the same, and
+    every variant is a build of its own."""
+    info = kernel_info(kernels)
+    variant = info["variant"]
+    flags = set(detected_cpu().flags)
+    if variant == "native":
+        expected = ("avx512" if {"avx512f", "avx512bw"} <= flags else
+                    "avx2" if {"avx2", "fma", "f16c"} <= flags else "portable")
+    else:
+        expected = variant
+    assert info["path"] == expected
+    lanes = {"avx512": 16, "avx2": 8, "scalar": 1}.get(expected)
+    if lanes is not None:
+        assert info["lanes"] == lanes
+    else:
+        assert info["lanes"] in (4, 8, 16)
+    folder = Path(kernels.__file__).parent
+    record = json.loads((folder / "build.json").read_text())
+    assert record["variant"] == variant and record["path"] == kernels.kernel_path()
+    folders = {Path(m.__file__).parent for m in built().values() if m is not None}
+    assert len(folders) == len([m for m in built().values() if m is not None])
+
+
+def test_the_engine_variant_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for value, expected in (("1", "native"), ("", "native"), ("0", None), ("off", None),
+                            ("scalar", "scalar"), ("AVX2", "avx2")):
+        monkeypatch.setenv("SLICESERVE_KERNELS", value)
+        assert kernels_package.engine_variant() == expected
+    monkeypatch.setenv("SLICESERVE_KERNELS", "avx1024")
+    with pytest.raises(ValueError, match="native, avx2, portable, scalar"):
+        kernels_package.engine_variant()
+    with pytest.raises(ValueError, match="kernel variant"):
+        cpu_kernels("sse")

@@ -15,6 +15,7 @@ from sliceserve.cli import main
 from sliceserve.clock import WallClock
 from sliceserve.metrics.results import load_results
 from sliceserve.model import profiler
+from sliceserve.model.cpu import cpu_info
 from sliceserve.model.profiler import warm_up
 from sliceserve.workloads import load_trace, load_workload, make_traffic
 from tests.engine_helpers import make_engine, request
@@ -105,12 +106,23 @@ def test_sliceserve_run_writes_a_result_and_a_trace_that_simulate_replays(
     code, _, err = run_cli(capsys, "profile", "--model", tiny_folder, "--quick", "--dtype",
                            "float32", "--kv-cache-gb", "0.05", "--out", profile)
     assert code == 0, err
+    assert "number format: float32 (float32: asked for)" in err  # the choice, reported
+    machine = json.loads(points_path(profile).read_text())["profile"]["machine"]
+    assert machine["dtype"] == "float32" and machine["dtype_requested"] == "float32"
     code, table, err = run_cli(capsys, "run", "-w", workload_file, "-p", "slice", "--rate", "20",
-                               "-n", "6", "--seed", "2", "--model", tiny_folder, "--dtype",
-                               "float32", "--kv-cache-gb", "0.05", "--latency-model", profile,
+                               "-n", "6", "--seed", "2", "--model", tiny_folder,
+                               "--kv-cache-gb", "0.05", "--latency-model", profile,
                                "--out", out, "--trace-out", trace)
     assert code == 0, err
     (run,) = load_results(out)
+    # dtype auto (the default): the machine block says what it became here, and why
+    block = run["machine"]
+    assert list(run)[list(run).index("device") + 1] == "machine"
+    assert block["dtype_requested"] == "auto" and block["dtype"] in ("bfloat16", "float32")
+    assert block["cpu"] == cpu_info().model and block["cpu_flags"] == list(cpu_info().flags)
+    assert (block["dtype"] == "bfloat16") == cpu_info().native_bf16
+    assert block["kernels"] in ("avx512", "avx2", "portable", "scalar", "eager")
+    assert f"number format: {block['dtype']} (auto: " in err
     assert (run["backend"], run["system"], run["policy"], run["workload"]) == \
         ("engine", "sliceserve", "slice", "tiny")
     assert run["summary"]["n"] == 6 and run["summary"]["completed"] == 6
@@ -172,6 +184,7 @@ def test_run_can_profile_in_its_own_process_first(
 
 @pytest.mark.parametrize("args", [
     ["profile", "--dtype", "int8"],
+    ["profile", "--quantization", "int3"],
     ["profile", "--threads", "0"],
     ["profile", "--repeats", "0"],
     ["profile", "--model", "/no/such/model"],

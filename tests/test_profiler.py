@@ -12,6 +12,7 @@ import pytest
 from sliceserve.bench.profile_report import latency_model_json, points_json, points_path
 from sliceserve.latency_model import LatencyModel
 from sliceserve.model import profiler
+from sliceserve.model.cpu import cpu_info
 from sliceserve.model.profile_fit import (
     Profile,
     ProfileError,
@@ -191,8 +192,12 @@ def test_latency_model_for_calibrates_once_then_reads_the_cache(
     runner = tiny_runner(tiny_folder, num_kv_blocks=2200)
     key = profile_key(runner, "tiny")
     assert key == profile_key(runner, "another name for the same folder")
-    # float32, head_dim 16: neither the decode kernel nor the fused ops.
-    assert key.engine == f"{engine_fingerprint()}/eager"
+    # float32, head_dim 16: the fused ops (every dtype), not the decode kernel (64 or 128).
+    if runner.kernel_path == "eager":  # no C++ toolchain here
+        assert key.engine == f"{engine_fingerprint()}/eager"
+    else:
+        assert key.engine == f"{engine_fingerprint()}/fused-ops/{runner.kernel_path}"
+    assert key.cpu == cpu_info().describe() and key.dtype == "float32"
     path = cached_profile_path(key)
     assert path.parent == tmp_path / "profiles" and not path.exists()
 
@@ -289,7 +294,7 @@ def test_a_profile_of_other_engine_code_is_not_reused(
 
     monkeypatch.setattr(profiler, "engine_fingerprint", lambda: "0e10e10e10e1")
     new_key = profile_key(runner, "tiny")
-    assert new_key.engine == "0e10e10e10e1/eager" and new_key != old_key
+    assert new_key.engine.startswith("0e10e10e10e1/") and new_key != old_key
     assert cached_profile_path(new_key) != cached_profile_path(old_key)
     assert load_cached_profile(new_key) is None
     latency_model_for(runner, "tiny")
@@ -319,6 +324,37 @@ def test_the_key_tells_the_compiled_kernels_from_the_pytorch_path(tiny_folder: P
     assert fused.engine.startswith(f"{engine_fingerprint()}/") and "fused-ops" in fused.engine
     assert plain.engine == f"{engine_fingerprint()}/eager"
     assert cached_profile_path(fused) != cached_profile_path(plain)
+
+
+def test_the_key_knows_the_cpu_and_the_kernels_vector_path(
+        tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A profile measured on one CPU model or flag set is never another's: a CPU faked to
+    lack AVX-512 (same model name), or another model name, gets another key and file, and
+    finds nothing cached; a build of the kernels for another vector path too."""
+    from sliceserve.model import cpu as cpu_module
+    from sliceserve.model.kernels import cpu_kernels
+
+    monkeypatch.setenv("SLICESERVE_CACHE_DIR", str(tmp_path))
+    here = profile_key(tiny_runner(tiny_folder, num_kv_blocks=64), "tiny")
+    store_profile(here, fit_latency_model(synthetic_profile(true_model()), "fit"),
+                  synthetic_profile(true_model()))
+    assert load_cached_profile(here) is not None
+    real = cpu_module.detected_cpu()
+    for fake in (cpu_module.CpuInfo(real.model, real.arch, ("avx2", "f16c", "fma")),
+                 cpu_module.CpuInfo("Another CPU", real.arch, real.all_flags)):
+        monkeypatch.setattr(cpu_module, "cpu_info", lambda fake=fake: fake)
+        # float32 asked for: only the CPU differs (auto would change the dtype as well)
+        there = profile_key(tiny_runner(tiny_folder, num_kv_blocks=64), "tiny")
+        assert there.cpu == fake.describe() != here.cpu
+        assert cached_profile_path(there) != cached_profile_path(here)
+        assert load_cached_profile(there) is None
+    monkeypatch.undo()
+    monkeypatch.setenv("SLICESERVE_CACHE_DIR", str(tmp_path))
+    if cpu_kernels() is not None and cpu_kernels("scalar") is not None:
+        monkeypatch.setenv("SLICESERVE_KERNELS", "scalar")
+        scalar = profile_key(tiny_runner(tiny_folder, num_kv_blocks=64), "tiny")
+        assert scalar.engine.endswith("/scalar") and scalar.engine != here.engine
+        assert load_cached_profile(scalar) is None
 
 
 def test_store_profile_keeps_one_file_per_key(tmp_path: Path,

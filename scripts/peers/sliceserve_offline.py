@@ -30,7 +30,7 @@ def llm_kwargs(llm_cls: type, spec: dict[str, Any], threads: int) -> dict[str, A
     """The spec's settings under the names `LLM` takes (it may not take all of them)."""
     params = inspect.signature(llm_cls).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    wanted = {"dtype": spec.get("dtype", "bfloat16"), "num_threads": threads,
+    wanted = {"dtype": spec.get("dtype", "auto"), "num_threads": threads,
               "max_model_len": spec.get("max_model_len"),
               "kv_cache_memory_gb": spec.get("kv_cache_gb")}
     kwargs = {k: v for k, v in wanted.items() if (takes_any or k in params) and v is not None}
@@ -65,11 +65,18 @@ def main() -> None:
 
     cases = run_cases(spec, generate)
     commit = os.popen(f"git -C {ROOT} describe --always --dirty 2>/dev/null").read().strip()
-    write_result({
+    result = {
         "system": "sliceserve", "load_s": round(load_s, 3), "cases": cases,
         "versions": {"sliceserve_commit": commit, "torch": torch.__version__},
         "config": {**{k: v for k, v in kwargs.items()}, "threads": torch.get_num_threads()},
-    }, args.out)
+    }
+    try:  # what it computed in and on (checkouts from before the machine block lack it)
+        from sliceserve.model.precision import machine_block
+
+        result["machine"] = machine_block(llm.live.runner)
+    except ImportError:
+        result["machine"] = {"dtype": str(llm.live.runner.dtype).replace("torch.", "")}
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -130,9 +130,10 @@ def write_trace(traffic: Traffic, path: str | Path) -> Path:
 def run_live(traffic: Traffic, executor: Executor, policy_name: str,
              latency_model: LatencyModel, config: SchedulerConfig, requests: Sequence[Request],
              *, policy_options: Mapping[str, Any] | None = None, model_id: str = "",
-             device: str = "", max_time_s: float | None = None) -> dict[str, Any]:
+             device: str = "", max_time_s: float | None = None,
+             machine: dict[str, Any] | None = None) -> dict[str, Any]:
     """Serve `requests` (made from `traffic`, e.g. by `live_requests`) on a fresh engine whose
-    wall clock starts now; the run's result object."""
+    wall clock starts now; the run's result object (with `machine` as its machine block)."""
     policy = make_policy(policy_name, latency_model, config, dict(policy_options or {}))
     engine = Engine(Scheduler(config, policy), executor, WallClock())
     result = serve_live(engine, requests, max_time_s=max_time_s)
@@ -143,4 +144,4 @@ def run_live(traffic: Traffic, executor: Executor, policy_name: str,
         arrival=traffic.arrival, rate_rps=traffic.rate_rps, arrival_cv=traffic.cv,
         seed=traffic.seed, model=model_id or latency_model.model,
         device=device or latency_model.device, latency_model=latency_model.name,
-        class_order=traffic.class_order)
+        class_order=traffic.class_order, machine=machine)

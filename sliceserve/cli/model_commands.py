@@ -36,12 +36,18 @@ from sliceserve.metrics.results import dumps
 from sliceserve.metrics.table import run_table
 from sliceserve.workloads import DEFAULT_CV, is_trace_path
 
-MODEL_DTYPES = ("bfloat16", "float16", "float32")  # sliceserve.model.runner.DTYPES, without torch
+# sliceserve.model.precision.DTYPE_CHOICES and QUANTIZATIONS, without importing torch
+MODEL_DTYPES = ("auto", "bfloat16", "float16", "float32")
+QUANTIZATIONS = ("none", "int8")
 
 # Options of the commands that load a real model.
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", help="smollm2-135m (default), a Hugging Face folder or a .gguf file")]
-DtypeOpt = Annotated[str, typer.Option(help="bfloat16, float16 or float32")]
+DtypeOpt = Annotated[str, typer.Option(
+    help="auto (the format measured fastest on this device: bfloat16 where the CPU computes "
+    "it natively, float32 on other CPUs), bfloat16, float16 or float32")]
+QuantOpt = Annotated[str, typer.Option(
+    "--quantization", help="none, or int8: weight-only int8 linear layers (CPU)")]
 DeviceOpt = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, ...")]
 ThreadsOpt = Annotated[int | None, typer.Option(
     "--threads", help="torch CPU threads (default: torch's choice)")]
@@ -49,9 +55,13 @@ KvCacheOpt = Annotated[float | None, typer.Option(
     "--kv-cache-gb", help="KV cache memory budget, GB (default: the runner's)")]
 
 
-def _check_model_options(dtype: str, threads: int | None, kv_cache_gb: float | None) -> None:
+def _check_model_options(dtype: str, threads: int | None, kv_cache_gb: float | None,
+                         quantization: str = "none") -> None:
     if dtype not in MODEL_DTYPES:
         raise BadInput(f"--dtype must be one of {', '.join(MODEL_DTYPES)}, got {dtype!r}")
+    if quantization not in QUANTIZATIONS:
+        raise BadInput(f"--quantization must be one of {', '.join(QUANTIZATIONS)}, got "
+                       f"{quantization!r}")
     if threads is not None and threads < 1:
         raise BadInput(f"--threads must be >= 1, got {threads}")
     _check_positive("--kv-cache-gb", kv_cache_gb)
@@ -59,7 +69,8 @@ def _check_model_options(dtype: str, threads: int | None, kv_cache_gb: float | N
 
 def profile(
     model: ModelOpt = None,
-    dtype: DtypeOpt = "bfloat16",
+    dtype: DtypeOpt = "auto",
+    quantization: QuantOpt = "none",
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
     kv_cache_gb: KvCacheOpt = None,
@@ -78,10 +89,11 @@ def profile(
     from sliceserve.bench import profile_report as report
     from sliceserve.model import profiler
 
-    _check_model_options(dtype, threads, kv_cache_gb)
+    _check_model_options(dtype, threads, kv_cache_gb, quantization)
     if repeats is not None and repeats < 1:
         raise BadInput(f"--repeats must be >= 1, got {repeats}")
-    runner, name = _load_runner(model, dtype, device, threads, kv_cache_gb)
+    runner, name = _load_runner(model, dtype, device, threads, kv_cache_gb, quantization)
+    print(machine_line(runner), file=sys.stderr)
     key = profiler.profile_key(runner, name)
     settings = dict(profiler.QUICK) if quick else {}
     if repeats is not None:
@@ -126,7 +138,8 @@ def run(
     class_defaults: ClassDefaultsOpt = None,
     max_time_s: Annotated[float | None, typer.Option(
         help="abort what is unfinished this many seconds into the run")] = None,
-    dtype: DtypeOpt = "bfloat16",
+    dtype: DtypeOpt = "auto",
+    quantization: QuantOpt = "none",
     device: DeviceOpt = "cpu",
     threads: ThreadsOpt = None,
     kv_cache_gb: KvCacheOpt = None,
@@ -144,13 +157,14 @@ def run(
 ) -> None:
     """Serve a workload on the real engine, arrivals in wall time: a table and a result JSON."""
     from sliceserve.bench import live
+    from sliceserve.model.precision import machine_block
     from sliceserve.model.profiler import device_name, warm_up
     from sliceserve.workloads import make_traffic
 
     _check_common(num_requests, seed, cv, arrival)
     _check_positive("--rate", rate)
     _check_positive("--max-time-s", max_time_s)
-    _check_model_options(dtype, threads, kv_cache_gb)
+    _check_model_options(dtype, threads, kv_cache_gb, quantization)
     if trace_out is not None and trace_out.suffix != ".jsonl":
         raise BadInput(f"--trace-out must name a .jsonl file, got {trace_out}")
     if profile_out is not None and latency_model is not None:
@@ -169,9 +183,10 @@ def run(
 
     if profile_out is not None:  # a stand-in until this process's profile replaces it
         given_model = LatencyModel.load("paper")
-    engine = build_engine(model, policy, options, dtype=dtype, device=device,
-                          kv_cache_memory_gb=kv_cache_gb, num_threads=threads,
+    engine = build_engine(model, policy, options, dtype=dtype, quantization=quantization,
+                          device=device, kv_cache_memory_gb=kv_cache_gb, num_threads=threads,
                           latency_model=given_model)
+    print(machine_line(engine.runner), file=sys.stderr)
     model_lm = engine.latency_model
     if profile_out is not None:
         from sliceserve.bench import profile_report as report
@@ -192,7 +207,8 @@ def run(
     recorder = IterationRecorder(engine.runner)
     result = live.run_live(traffic, recorder, policy, model_lm, engine.config, requests,
                            policy_options=options, model_id=engine.model_name,
-                           device=device_name(device), max_time_s=max_time_s)
+                           device=device_name(device), max_time_s=max_time_s,
+                           machine=machine_block(engine.runner))
     if calibrated_out is not None:
         from sliceserve.bench import profile_report as report
 
@@ -209,15 +225,29 @@ def run(
 # --- helpers of the commands ---
 
 def _load_runner(model: str | None, dtype: str, device: str, threads: int | None,
-                 kv_cache_gb: float | None) -> tuple[Any, str]:
+                 kv_cache_gb: float | None, quantization: str = "none") -> tuple[Any, str]:
     """A model runner and the model's name (default: the embedded SmolLM2)."""
     from sliceserve.model.loader import DEFAULT_MODEL, resolve_model
     from sliceserve.model.runner import ModelRunner, RunnerConfig
 
     folder = resolve_model(model)
-    runner = ModelRunner(folder, RunnerConfig(dtype=dtype, device=device, num_threads=threads,
+    runner = ModelRunner(folder, RunnerConfig(dtype=dtype, quantization=quantization,
+                                              device=device, num_threads=threads,
                                               kv_cache_memory_gb=kv_cache_gb))
     return runner, DEFAULT_MODEL if model is None else str(model)
+
+
+def machine_line(runner: Any) -> str:
+    """One line on what the runner computes in and on, and why (stderr of profile and run)."""
+    from sliceserve.model.precision import machine_block
+
+    m = machine_block(runner)
+    cpu = (f"; CPU {m['cpu']} ({m['arch']}: {' '.join(m['cpu_flags']) or 'no listed flags'})"
+           if "cpu" in m else "")
+    quant = "" if m.get("quantization", "none") == "none" else f", {m['quantization']} weights"
+    why = f" ({m['dtype_requested']}: {m['dtype_reason']})" if "dtype" in m else ""
+    return (f"number format: {m.get('dtype', '?')}{quant}{why}; device {m['device']}{cpu}; "
+            f"kernels {m['kernels']}; {m['threads']} threads")
 
 
 def _measure(runner: Any, name: str, settings: dict[str, Any], notes: str) -> tuple[Any, Any]:

@@ -1,7 +1,7 @@
 """The offline API: run a batch of prompts to completion under a scheduling policy.
 
     from sliceserve import LLM, SamplingParams, SLO
-    llm = LLM(policy="slice")                      # the embedded SmolLM2-135M
+    llm = LLM(policy="slice")                      # the embedded SmolLM2-135M, dtype "auto"
     outs = llm.generate(["Hello, my name is"], SamplingParams(max_tokens=32, temperature=0))
     print(outs[0].text, outs[0].metrics.ttft_s, outs[0].metrics.met)
 
@@ -35,7 +35,8 @@ class LLM:
     def __init__(self, model: str | Path | None = None, policy: str = "slice",
                  policy_options: dict[str, Any] | None = None, **build_kwargs: Any) -> None:
         """Load `model` (None: the embedded smollm2-135m) under `policy`; `build_kwargs` go to
-        `build_engine` (dtype, device, kv_cache_memory_gb, max_model_len, ...)."""
+        `build_engine` (dtype: "auto" by default, quantization, device, kv_cache_memory_gb,
+        max_model_len, ...)."""
         self.live: LiveEngine = build_engine(model, policy, policy_options, **build_kwargs)
         self.engine = self.live.engine
         self.tokenizer = self.live.tokenizer

@@ -3,7 +3,10 @@
 Writing is deterministic: keys in a fixed order, floats rounded to `SIGNIFICANT_DIGITS`
 significant digits, non-finite numbers as null, so the same inputs and seed give byte-identical
 files. Besides the documented keys a run carries `arrival_cv` (the gamma CV, else null) after
-`rate_rps`; readers must ignore keys they do not know.
+`rate_rps`, and a run on the real engine a `machine` object after `device` (what its timings
+depend on: the CPU model, architecture and the flags that matter, the dtype and weight
+quantization with the reason for them, the compiled kernels' vector path, the threads; see
+sliceserve.model.precision.machine_block); readers must ignore keys they do not know.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ def build_run(records: Sequence[RequestRecord], *, duration_s: float, backend: s
               system: str, policy: str, policy_options: dict[str, Any] | None, workload: str,
               arrival: str, rate_rps: float | None, seed: int | None, model: str = "",
               device: str = "", latency_model: str = "", arrival_cv: float | None = None,
-              class_order: Sequence[str] = ()) -> dict[str, Any]:
+              class_order: Sequence[str] = (),
+              machine: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run object of docs/RESULTS.md from the records of every arrived request."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -61,6 +65,10 @@ def build_run(records: Sequence[RequestRecord], *, duration_s: float, backend: s
         "summary": compute_stats(records, duration_s),
         "classes": compute_class_stats(records, duration_s, class_order),
     }
+    if machine is not None:  # an optional key, after "device"
+        keys = list(run)
+        keys.insert(keys.index("device") + 1, "machine")
+        run = {k: machine if k == "machine" else run[k] for k in keys}
     return run
 
 
@@ -126,6 +134,8 @@ def validate_run(run: Any, source: str = "run") -> None:
             raise ValueError(f"{source}: field {key}: must be a string")
     if not isinstance(run["policy_options"], dict):
         raise ValueError(f"{source}: field policy_options: must be an object")
+    if run.get("machine") is not None and not isinstance(run["machine"], dict):
+        raise ValueError(f"{source}: field machine: must be an object or null")
     _check_number(run["rate_rps"], f"{source}: field rate_rps", nullable=True)
     _check_number(run["duration_s"], f"{source}: field duration_s")
     validate_stats(run["summary"], f"{source}: field summary")

@@ -18,42 +18,8 @@ import torch.nn.functional as F
 from sliceserve.model.attention import BatchLayout, DecodeKernel, paged_attention, row_mask
 from sliceserve.model.config import ModelConfig, ModelLoadError
 from sliceserve.model.kv_cache import KVCache
+from sliceserve.model.linear import Linear
 from sliceserve.model.rope import apply_rope, cos_sin_table
-
-
-class Linear:
-    """y = x W^T (+ b). On CPU in bfloat16 the weight is packed once for oneDNN: unpacked,
-    every call re-lays the weight out, which dominates small (decode) batches."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
-        self.weight = weight
-        self.bias = bias
-        self.packed = _pack(weight, bias)
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.weight.shape
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
-
-
-def _pack(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
-    if weight.device.type != "cpu" or weight.dtype != torch.bfloat16:
-        return None
-    if not torch.backends.mkldnn.is_available():
-        return None
-    try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
-        probe = torch.ones(2, weight.shape[1], dtype=weight.dtype)
-        got = torch.ops.mkldnn._linear_pointwise(probe, packed, bias, "none", [], "")
-    except (AttributeError, RuntimeError):
-        return None  # a torch without oneDNN's packed linear: plain F.linear is fine
-    if not torch.allclose(got, F.linear(probe, weight, bias)):
-        return None
-    return packed
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +34,11 @@ class LayerWeights:
 
 class LlamaModel:
     def __init__(self, config: ModelConfig, weights: Mapping[str, torch.Tensor],
-                 max_positions: int, dtype: torch.dtype, device: torch.device) -> None:
+                 max_positions: int, dtype: torch.dtype, device: torch.device,
+                 quantization: str = "none") -> None:
+        """`quantization` "int8": the linear layers (the LM head included) hold int8 weights."""
         self.config = config
+        self.quantization = quantization
         self.dtype = dtype
         self.device = device
         take = _Taker(weights, dtype, device)
@@ -77,9 +46,9 @@ class LlamaModel:
         self.layers = [self._layer(take, i) for i in range(config.num_layers)]
         self.norm = take("model.norm.weight")
         if config.tie_word_embeddings or "lm_head.weight" not in weights:
-            self.lm_head = Linear(self.embed)
+            self.lm_head = Linear(self.embed, quantization=quantization)
         else:
-            self.lm_head = Linear(take("lm_head.weight"))
+            self.lm_head = Linear(take("lm_head.weight"), quantization=quantization)
         self._check_shapes()
         self.cos, self.sin = cos_sin_table(config, max_positions, dtype, device)
         self.decode_kernel: DecodeKernel | None = None  # set by the runner where it helps
@@ -94,15 +63,16 @@ class LlamaModel:
         qkv_bias = None
         if self.config.qkv_bias:
             qkv_bias = torch.cat([take(p + f"self_attn.{n}_proj.bias") for n in "qkv"])
+        q = self.quantization
         return LayerWeights(
             input_norm=take(p + "input_layernorm.weight"),
             qkv=Linear(torch.cat([take(p + f"self_attn.{n}_proj.weight") for n in "qkv"]),
-                       qkv_bias),
-            out=Linear(take(p + "self_attn.o_proj.weight")),
+                       qkv_bias, q),
+            out=Linear(take(p + "self_attn.o_proj.weight"), quantization=q),
             post_norm=take(p + "post_attention_layernorm.weight"),
             gate_up=Linear(torch.cat([take(p + "mlp.gate_proj.weight"),
-                                      take(p + "mlp.up_proj.weight")])),
-            down=Linear(take(p + "mlp.down_proj.weight")),
+                                      take(p + "mlp.up_proj.weight")]), quantization=q),
+            down=Linear(take(p + "mlp.down_proj.weight"), quantization=q),
         )
 
     def _check_shapes(self) -> None:

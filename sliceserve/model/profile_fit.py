@@ -114,6 +114,9 @@ class Profile:
     # 1-minute load average of the machine after measuring (None: unknown). Above the number
     # of cores, other processes competed for the CPU and the figures are inflated.
     load_average: float | None = None
+    # What the timings ran on and in (sliceserve.model.precision.machine_block): the CPU and
+    # its flags, the dtype and why, the kernels' vector path. None: not recorded.
+    machine: dict[str, Any] | None = None
 
     def of_kind(self, kind: PointKind) -> list[ProfilePoint]:
         return [p for p in self.points if p.kind == kind]

@@ -174,7 +174,7 @@ def profile_runner(runner: Runner, *, batch_sizes: Sequence[int] = DEFAULT_BATCH
                     progress(done, total, shape.label())
     facts = runner_facts(runner)
     return Profile(model=model, device=facts["device"], dtype=facts["dtype"],
-                   num_threads=facts["num_threads"],
+                   num_threads=facts["num_threads"], machine=facts["machine"],
                    kv_capacity_tokens=runner.num_kv_blocks * runner.block_size,
                    points=tuple(s.point(statistics.median(t), tuple(t))
                                 for s, t in zip(timed, samples)),
@@ -299,14 +299,25 @@ def _vocab_size(runner: Runner) -> int:
 
 
 def runner_facts(runner: Runner) -> dict[str, Any]:
-    """Device name, dtype and torch thread count that a runner's timings depend on."""
+    """Device name, number format (dtype, "+int8" with int8 weights), torch thread count and
+    CPU that a runner's timings depend on, and its machine block (None for a runner without
+    a model)."""
     import torch
+
+    from sliceserve.model.cpu import cpu_info
+    from sliceserve.model.precision import Precision, machine_block
 
     config = getattr(runner, "config", None)
     device = str(getattr(config, "device", None) or getattr(runner, "device", "cpu"))
-    dtype = str(getattr(config, "dtype", None) or getattr(runner, "dtype", "")).split(".")[-1]
+    precision = getattr(runner, "precision", None)
+    if isinstance(precision, Precision):
+        dtype = precision.label
+    else:
+        dtype = str(getattr(config, "dtype", None) or getattr(runner, "dtype", "")).split(".")[-1]
     return {"device": device_name(device), "dtype": dtype,
-            "num_threads": int(torch.get_num_threads())}
+            "num_threads": int(torch.get_num_threads()),
+            "cpu": cpu_info().describe() if device.split(":")[0] == "cpu" else "",
+            "machine": machine_block(runner) if hasattr(runner, "model") else None}
 
 
 def device_name(device: str) -> str:
@@ -332,13 +343,16 @@ class ProfileKey:
     """What a profile is valid for. The KV budget is not part of it: it changes capacity,
     not latency, so a cached model takes the current runner's capacity. `engine` is the
     engine's own share (`engine_id`): a profile measured before the engine's code changed, or
-    with its compiled kernels off, is not this engine's."""
+    with its compiled kernels off or built for another vector path, is not this engine's.
+    `cpu` is the CPU model and the flags that matter (CpuInfo.describe): a profile is never
+    reused on another CPU model or flag set, even one that /proc/cpuinfo names alike."""
 
     model_id: str
     device: str
     dtype: str
     num_threads: int
     engine: str
+    cpu: str = ""
 
     def filename(self) -> str:
         readable = re.sub(r"[^A-Za-z0-9.]+", "-", f"{self.model_id}-{self.dtype}-"
@@ -350,7 +364,7 @@ class ProfileKey:
 # The code an iteration's time depends on, relative to the sliceserve package: the forward
 # pass, its kernels (and their build flags, in kernels/__init__.py), the runner around it.
 ENGINE_SOURCES = ("model/kernels/*.cpp", "model/kernels/*.h", "model/kernels/__init__.py",
-                  "model/llama.py", "model/attention.py", "model/rope.py",
+                  "model/llama.py", "model/linear.py", "model/attention.py", "model/rope.py",
                   "model/runner.py", "model/sampler.py")
 
 
@@ -379,8 +393,9 @@ def engine_fingerprint() -> str:
 
 
 def engine_id(runner: Runner) -> str:
-    """The engine fingerprint and which optional fast paths `runner` uses, e.g.
-    '3f09c1d2ab77/attention-kernel+fused-ops' (a runner without a model: the fingerprint)."""
+    """The engine fingerprint, which optional fast paths `runner` uses and the kernels' vector
+    path, e.g. '3f09c1d2ab77/attention-kernel+fused-ops/avx512' (a runner without a model:
+    the fingerprint)."""
     model = getattr(runner, "model", None)
     if model is None:
         return engine_fingerprint()
@@ -388,7 +403,9 @@ def engine_id(runner: Runner) -> str:
                                    ("fused-ops", getattr(model, "fused_ops", None)),
                                    ("cuda-graphs", getattr(runner, "graphs", None)))
              if on is not None]
-    return f"{engine_fingerprint()}/{'+'.join(paths) or 'eager'}"
+    vector = getattr(runner, "kernel_path", "eager")
+    return (f"{engine_fingerprint()}/{'+'.join(paths) or 'eager'}"
+            + ("" if vector == "eager" else f"/{vector}"))
 
 
 def profile_key(runner: Runner, model_id: str) -> ProfileKey:
@@ -402,7 +419,7 @@ def profile_key(runner: Runner, model_id: str) -> ProfileKey:
         model_id = folder_model_id(folder)
     facts = runner_facts(runner)
     return ProfileKey(model_id, facts["device"], facts["dtype"], facts["num_threads"],
-                      engine_id(runner))
+                      engine_id(runner), facts["cpu"])
 
 
 def cached_profile_path(key: ProfileKey) -> Path:

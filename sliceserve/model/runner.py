@@ -20,10 +20,11 @@ from sliceserve.core.plan import ExecuteResult, Plan
 from sliceserve.model.attention import build_layout
 from sliceserve.model.config import ModelConfig
 from sliceserve.model.cuda_graphs import DecodeGraphs
-from sliceserve.model.kernels import cpu_kernels, paged_decode_attention
+from sliceserve.model.kernels import cpu_kernels, kernel_info, paged_decode_attention
 from sliceserve.model.kv_cache import DEFAULT_KV_CACHE_MEMORY_GB, KVCache, blocks_for_memory
 from sliceserve.model.llama import LlamaModel
 from sliceserve.model.loader import load_state_dict
+from sliceserve.model.precision import Precision, check_choice, choose_precision, log_choice
 from sliceserve.model.sampler import Sampler
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -46,7 +47,8 @@ class RunnerStats:
 
 @dataclass(frozen=True)
 class RunnerConfig:
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # or bfloat16, float16, float32 (sliceserve.model.precision)
+    quantization: str = "none"  # or "int8": weight-only int8 linear layers (CPU)
     device: str = "cpu"
     block_size: int = 16
     kv_cache_memory_gb: float | None = None  # KV budget; DEFAULT_KV_CACHE_MEMORY_GB when unset
@@ -59,8 +61,7 @@ class RunnerConfig:
     cpu_kernels: bool = True  # compiled CPU decode attention (built once per machine, cached)
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check_choice(self.dtype, self.quantization)
         for name in ("block_size", "num_kv_blocks", "max_num_batched_tokens", "max_model_len",
                      "num_threads"):
             value = getattr(self, name)
@@ -69,9 +70,9 @@ class RunnerConfig:
         if self.kv_cache_memory_gb is not None and not self.kv_cache_memory_gb > 0:
             raise ValueError(f"kv_cache_memory_gb must be > 0, got {self.kv_cache_memory_gb!r}")
 
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+    def precision(self) -> Precision:
+        """The number format this config gives on its device ("auto" resolved)."""
+        return choose_precision(self.dtype, self.quantization, self.device)
 
 
 class ModelRunner:
@@ -88,7 +89,9 @@ class ModelRunner:
             torch.set_num_threads(config.num_threads)
         self.folder = Path(folder)
         self.model_config = ModelConfig.from_folder(folder)
-        self.dtype = config.torch_dtype
+        self.precision = config.precision()
+        log_choice(self.precision, config.device)
+        self.dtype = DTYPES[self.precision.dtype]
         self.block_size = config.block_size
         self.num_kv_blocks = config.num_kv_blocks or blocks_for_memory(
             self.model_config, config.kv_cache_memory_gb or DEFAULT_KV_CACHE_MEMORY_GB,
@@ -98,7 +101,7 @@ class ModelRunner:
                                  self.model_config.max_position_embeddings, capacity)
         weights = load_state_dict(self.folder, self.dtype, self.device)
         self.model = LlamaModel(self.model_config, weights, self.max_model_len, self.dtype,
-                                self.device)
+                                self.device, quantization=self.precision.quantization)
         del weights
         # One block more than the scheduler hands out: a scratch slot for padding rows.
         self.cache = KVCache(self.model_config, self.num_kv_blocks + 1, self.block_size,
@@ -107,9 +110,7 @@ class ModelRunner:
         if self.device.type == "cpu" and config.cpu_kernels:
             if _kernel_fits(self.model_config):
                 self.model.decode_kernel = paged_decode_attention()
-            if self.dtype in (torch.bfloat16, torch.float16):
-                # float32 keeps eager PyTorch: bit for bit transformers' arithmetic
-                self.model.fused_ops = cpu_kernels()
+            self.model.fused_ops = cpu_kernels()
         # Prompt chunks up to this many tokens go through the CPU kernel as rows (measured on
         # SmolLM2, 2 threads: 10% faster than SDPA at 512 tokens, even at 1024, 2.6x slower
         # at 2000, where the kernel's per-token cost grows with the chunk).
@@ -134,6 +135,13 @@ class ModelRunner:
             eos_token_ids=self.model_config.eos_token_ids,
         )
         return replace(base, **overrides)
+
+    @property
+    def kernel_path(self) -> str:
+        """The compiled kernels' vector path ("avx512", "avx2", "portable", "scalar"), or
+        "eager" when the runner uses none."""
+        module = self.model.fused_ops
+        return "eager" if module is None else str(kernel_info(module)["path"])
 
     @property
     def device_name(self) -> str:
