@@ -384,6 +384,7 @@ def main() -> None:
                 result = run_worker(system, pythons[system], spec, workdir, tag, args.timeout,
                                     checkouts.get(system, ROOT))
                 record.update(result)
+                record["system"] = system  # the worker says "sliceserve" for every variant
                 for c in result["cases"]:
                     print(f"    {c['name']}: {c['tok_s']:.1f} tok/s", file=sys.stderr)
             except BenchError as exc:

@@ -167,6 +167,19 @@ def test_run_object_has_the_documented_keys_in_order():
         _run(backend="cloud")
 
 
+def test_an_engine_run_carries_its_machine_block_after_device():
+    """An optional key (older readers ignore it): without it the documented keys alone."""
+    machine = {"device": "cpu", "cpu": "AMD EPYC 7B12", "cpu_flags": ["avx2", "fma", "f16c"],
+               "dtype": "float32", "dtype_requested": "auto", "kernels": "avx2"}
+    run = _run(backend="engine", machine=machine)
+    keys = list(run)
+    assert keys[keys.index("device") + 1] == "machine" and run["machine"] == machine
+    assert [k for k in keys if k != "machine"] == list(RUN_KEYS)
+    validate_run(json.loads(dumps(run)))
+    with pytest.raises(ValueError, match="machine"):
+        validate_run({**run, "machine": "cpu"})
+
+
 def test_rounding_is_to_six_significant_digits_and_non_finite_is_null():
     assert round_floats({"a": [1 / 3, 123456.789, 2, True, math.inf]}) == \
         {"a": [0.333333, 123457.0, 2, True, None]}

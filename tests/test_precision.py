@@ -135,7 +135,10 @@ def test_auto_never_computes_in_bf16_without_native_bf16(monkeypatch: pytest.Mon
         assert {t.dtype for t in floats} == {dtype}
         for linear in linears:
             if quantization == "int8":
-                assert linear.weight.dtype == torch.int8 and linear.scales.dtype == dtype
+                # torch's int8 kernel is fast with bf16 activations only: a float32 model
+                # hands it bf16 rows and gets float32 back
+                assert linear.weight.dtype == torch.int8
+                assert linear.scales.dtype == linear.compute_dtype == torch.bfloat16
             else:
                 assert linear.weight.dtype == dtype
         from tests.engine_helpers import make_engine, request, run_to_completion
@@ -144,3 +147,12 @@ def test_auto_never_computes_in_bf16_without_native_bf16(monkeypatch: pytest.Mon
         assert len(out["a"]) == 4
         if dtype == torch.float32:
             assert runner.precision.reason.startswith("no native bf16")
+
+
+def test_auto_on_cuda_keeps_bf16_or_fp16(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert choose_precision("auto", "none", "cuda:0").dtype == "bfloat16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert choose_precision("auto", "none", "cuda").dtype == "float16"
+    assert choose_precision("float32", "none", "cuda").dtype == "float32"  # as asked

@@ -145,13 +145,13 @@ int64_t argmax_row(const T* x, int64_t n) {
   int64_t i = 0;
   float best = -std::numeric_limits<float>::infinity();
   Vec vbest = Vec::broadcast(best);
-  bool nan = false;
+  Vec odd = Vec::zero();  // stays 0 unless some v - v is NaN: v is NaN (or inf)
   for (; i + kLanes <= n; i += kLanes) {
     const Vec v = Vec::load(x + i);
-    nan = nan || v.any_nan();
+    odd = odd + (v - v);
     vbest = Vec::max(vbest, v);
   }
-  if (nan) i = 0;  // let the scalar loop find the first NaN
+  if (odd.any_nan()) i = 0;  // let the scalar loop find the first NaN (or handle inf)
   else best = vbest.max_lane();
   for (int64_t j = i; j < n; ++j) {
     const float v = to_float(x[j]);
