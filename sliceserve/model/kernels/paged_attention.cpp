@@ -71,7 +71,10 @@ void decode_task(const T* q, const T* keys, const T* values, const Task& task, T
       for (int j = 1; j < S; ++j) top = Vec::max(top, Vec::load(s[g] + j * kLanes));
       const float new_max = std::max(m[g], top.max_lane());
       const Vec shift = Vec::broadcast(new_max);
-      for (int j = 0; j < S; ++j) (Vec::load(s[g] + j * kLanes) - shift).exp().store(s[g] + j * kLanes);
+      for (int j = 0; j < S; ++j) {
+        float* tile = s[g] + j * kLanes;
+        (Vec::load(tile) - shift).exp().store(tile);
+      }
       for (int i = n; i < kTile; ++i) s[g][i] = 0.f;
       Vec total = Vec::load(s[g]);
       for (int j = 1; j < S; ++j) total = total + Vec::load(s[g] + j * kLanes);
