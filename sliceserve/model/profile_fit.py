@@ -180,8 +180,9 @@ def fit_decode(decode: dict[tuple[int, int], float]) -> tuple[float, dict[int, f
 
     For a given ctx each D(b) is the weighted mean of ms - ctx * x over b's contexts, so
     ctx solves a one-variable problem over the deviations from those means. Capped so that
-    it explains at most MAX_CONTEXT_SHARE of each batch size's point at its shortest context,
-    which keeps the decode table left after it positive whatever the noise.
+    it explains at most MAX_CONTEXT_SHARE of each batch size's point at its shortest context
+    and of its weighted mean point (the one D(b) is taken from), which keeps the decode table
+    left after it positive whatever the noise.
     """
     batches = sorted({b for b, _ in decode})
     groups = {b: [(b * (c + 1), ms, 1.0 / (ms * ms)) for (b2, c), ms in decode.items() if b2 == b]
@@ -198,6 +199,8 @@ def fit_decode(decode: dict[tuple[int, int], float]) -> tuple[float, dict[int, f
     context_ms = max(0.0, num / den) if den > 0 else 0.0
     cap = min(MAX_CONTEXT_SHARE * min(ms for x, ms, _ in points if x == min(p[0] for p in points))
               / min(p[0] for p in points) for points in groups.values())
+    cap = min(cap, *(MAX_CONTEXT_SHARE * mean_ms / mean_x
+                     for mean_ms, mean_x in means.values() if mean_x > 0))
     context_ms = min(context_ms, cap)
     return context_ms, {b: mean_ms - context_ms * mean_x for b, (mean_ms, mean_x) in means.items()}
 
