@@ -3,9 +3,10 @@ the options several commands take, console and file output."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -115,3 +116,23 @@ ClassDefaultsOpt = Annotated[str | None, typer.Option(
 PlotOpt = Annotated[Path | None, typer.Option("--plot", help="write the plots here (PNG)")]
 OutOpt = Annotated[Path | None, typer.Option(help="write the result JSON here")]
 TableOpt = Annotated[bool, typer.Option(help="print the console table")]
+LoadOpt = Annotated[float | None, typer.Option(
+    "--load", help="arrival rate as a multiple of the device's capacity for the workload, "
+    "estimated from the latency model (1 = saturation); instead of --rate")]
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, desc: str) -> Iterator[Callable[[int, int, int], None]]:
+    """A progress bar on stderr (requests done / total, running SLO attainment); yields
+    `update(done, met, total)`. Silent when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=desc, unit="req", disable=None, file=sys.stderr,
+              dynamic_ncols=True) as bar:
+        def update(done: int, met: int, total: int) -> None:
+            bar.total = total
+            bar.set_postfix_str(f"met {met}/{done} ({100 * met / max(done, 1):.0f}%)",
+                                refresh=False)
+            bar.update(done - bar.n)
+
+        yield update

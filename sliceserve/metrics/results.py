@@ -3,7 +3,9 @@
 Writing is deterministic: keys in a fixed order, floats rounded to `SIGNIFICANT_DIGITS`
 significant digits, non-finite numbers as null, so the same inputs and seed give byte-identical
 files. Besides the documented keys a run carries `arrival_cv` (the gamma CV, else null) after
-`rate_rps`; readers must ignore keys they do not know.
+`rate_rps`, `failures` (requests not completed, by cause) in every STATS and, when asked
+for, `requests` (one row per request: `request_rows`) after `classes`; a live benchmark adds
+more (sliceserve/bench/http_bench.py). Readers must ignore keys they do not know.
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ from sliceserve.metrics.slo import (
     RequestRecord,
     compute_class_stats,
     compute_stats,
+    e2e_ms,
+    is_met,
+    is_met_strict,
+    max_gap_ms,
+    tpot_ms,
+    ttft_ms,
 )
 
 SCHEMA = "sliceserve.run/v1"
@@ -39,8 +47,9 @@ def build_run(records: Sequence[RequestRecord], *, duration_s: float, backend: s
               system: str, policy: str, policy_options: dict[str, Any] | None, workload: str,
               arrival: str, rate_rps: float | None, seed: int | None, model: str = "",
               device: str = "", latency_model: str = "", arrival_cv: float | None = None,
-              class_order: Sequence[str] = ()) -> dict[str, Any]:
-    """The run object of docs/RESULTS.md from the records of every arrived request."""
+              class_order: Sequence[str] = (), per_request: bool = False) -> dict[str, Any]:
+    """The run object of docs/RESULTS.md from the records of every arrived request
+    (with `per_request`, also their rows: `request_rows`)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     run = {
@@ -61,7 +70,26 @@ def build_run(records: Sequence[RequestRecord], *, duration_s: float, backend: s
         "summary": compute_stats(records, duration_s),
         "classes": compute_class_stats(records, duration_s, class_order),
     }
+    if per_request:
+        run["requests"] = request_rows(records)
     return run
+
+
+def request_rows(records: Sequence[RequestRecord]) -> list[dict[str, Any]]:
+    """One row per request: what plots of distributions against each target need."""
+    rows = []
+    for r in records:
+        rows.append({
+            "id": r.request_id, "class": r.slo.slo_class, "status": r.status,
+            "code": r.finish_code, "arrival_s": r.arrival_s,
+            "prompt_tokens": r.num_prompt_tokens, "output_tokens": r.num_output_tokens,
+            "ttft_ms": ttft_ms(r), "tpot_ms": tpot_ms(r), "e2e_ms": e2e_ms(r),
+            "max_gap_ms": max_gap_ms(r),
+            "target": {"ttft_ms": r.slo.ttft_ms, "tpot_ms": r.slo.tpot_ms,
+                       "deadline_ms": r.slo.deadline_ms, "utility": r.slo.utility},
+            "met": is_met(r), "met_strict": is_met_strict(r),
+        })
+    return rows
 
 
 # --- writing ---
