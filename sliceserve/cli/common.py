@@ -53,15 +53,15 @@ def _check_common(num_requests: int, seed: int, cv: float, arrival: str) -> None
                        "(give a .jsonl --workload to replay a trace)")
 
 
-def _parse_rates(text: str) -> list[float]:
+def _parse_rates(text: str, option: str = "--rates") -> list[float]:
     try:
         rates = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise BadInput(f"--rates must be comma-separated numbers, got {text!r}") from None
+        raise BadInput(f"{option} must be comma-separated numbers, got {text!r}") from None
     if not rates:
-        raise BadInput("--rates needs at least one rate")
+        raise BadInput(f"{option} needs at least one value")
     for rate in rates:
-        _check_positive("every rate in --rates", rate)
+        _check_positive(f"every value in {option}", rate)
     return list(dict.fromkeys(rates))
 
 
@@ -136,3 +136,21 @@ def progress_bar(total: int, desc: str) -> Iterator[Callable[[int, int, int], No
             bar.update(done - bar.n)
 
         yield update
+
+
+def rates_for_loads(loads: Sequence[float], workload: str, latency_model: Any
+                    ) -> tuple[list[float], dict[str, Any]]:
+    """The arrival rates of `loads` (multiples of the device's estimated capacity for the
+    workload) and the estimate, for the result files."""
+    from sliceserve.workloads import is_trace_path, load_workload
+    from sliceserve.workloads.load import estimate_capacity
+
+    if is_trace_path(workload):
+        raise BadInput("--load needs a generated workload, not a trace")
+    for load in loads:
+        _check_positive("--load", load)
+    estimate = estimate_capacity(load_workload(workload), latency_model)
+    print(f"capacity estimate for {workload} on {estimate.latency_model}: "
+          f"{estimate.rate_rps:.3g} requests/s (batch {estimate.batch_size} at the tightest "
+          f"TPOT {estimate.tightest_tpot_ms:.0f} ms)", file=sys.stderr)
+    return [estimate.rate_for(load) for load in loads], estimate.to_dict()

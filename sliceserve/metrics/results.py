@@ -200,15 +200,16 @@ def capacity_rps(runs: Sequence[dict[str, Any]], policy: str, threshold: float =
                  metric: str = "slo_attainment") -> float | None:
     """The highest rate up to which `policy`'s attainment stays >= `threshold` (SLICE.md).
 
-    Over the rates of `runs` in increasing order: the last rate before the first one below the
-    threshold; None when even the lowest rate misses it.
+    `policy` is a run label (sliceserve.metrics.aggregate.run_label: the policy name for
+    sliceserve's runs). Over the rates of `runs` in increasing order, each the median over
+    its seeds: the last rate before the first one below the threshold; None when even the
+    lowest rate misses it.
     """
-    points = sorted(((r["rate_rps"], r["summary"][metric]) for r in runs
-                     if r["policy"] == policy and r["rate_rps"] is not None),
-                    key=lambda point: point[0])
+    from sliceserve.metrics.aggregate import curve
+
     best = None
-    for rate, value in points:
-        if value is None or value < threshold:
+    for rate, (median, _, _) in curve(runs, policy, metric):
+        if median < threshold:
             break
         best = rate
     return best
