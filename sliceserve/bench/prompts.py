@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 _WORD = re.compile(r" [a-z]{3,10}")
-MIN_WORDS = 500
+MIN_WORDS = 16
 
 
 class PromptMaker:
