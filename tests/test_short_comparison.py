@@ -18,7 +18,7 @@ from sliceserve.metrics.results import load_results
 
 pytestmark = pytest.mark.slow
 LOAD = 1.5
-NUM_REQUESTS = 48
+NUM_REQUESTS = 60
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
