@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sliceserve.bench.http_bench import Target, bench_traffic, server_info, served_model
+from sliceserve.bench.http_bench import Target, bench_traffic, served_model, server_info
 from sliceserve.bench.prompts import PromptMaker, load_tokenizer_file
 from sliceserve.bench.systems import client_options
 from sliceserve.workloads import make_traffic, workload_from_dict
