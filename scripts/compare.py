@@ -12,10 +12,11 @@ exists is skipped, so a stopped or budgeted invocation picks up where the last o
 `--budget-s` stops before starting a point that might not end within the budget (exit 3:
 "more to do"; 0: everything done). Phases, in order:
 1. the device profile (sliceserve's, OUT/device_profile.json): absolute SLOs and the rates;
-2. for each system (one server at a time on 127.0.0.1): start, warm up, measure its batch-1
+2. llama-server's -np: 4, 8 and 16 at loads 1 and 1.5 (one seed), the best kept;
+3. for each system (one server at a time on 127.0.0.1): start, warm up, measure its batch-1
    speed (for --slo-scale relative), run every (load, seed) point of each scale, stop;
-3. capacity at the SLO by bisection (sliceserve/bench/capacity.py) per system, absolute scale;
-4. `--report`: tables, plots and docs/BENCHMARKS.md's section text (scripts/compare_report.py).
+4. capacity at the SLO by bisection (sliceserve/bench/capacity.py) per system, absolute scale;
+5. `--report`: tables, plots and docs/BENCHMARKS.md's section text (scripts/compare_report.py).
 Loads are multiples of the device's capacity estimate (sliceserve/workloads/load.py), so the
 same arrivals reach every system.
 """
@@ -49,7 +50,10 @@ from sliceserve.workloads.load import estimate_capacity  # noqa: E402
 EXIT_MORE = 3
 DEFAULT_LOADS = (0.25, 0.5, 1.0, 1.5, 2.0)
 DEFAULT_SYSTEMS = ("sliceserve-torch-slice", "sliceserve-torch-vllm", "vllm-fcfs",
-                   "vllm-priority", "llama-server-np8", "llama-cpp-python")
+                   "vllm-priority", "llama-server-tuned", "llama-cpp-python")
+TUNED = "llama-server-tuned"  # the -np of llama-server that did best at loads 1 and 1.5
+TUNE_NP = (4, 8, 16)
+TUNE_LOADS = (1.0, 1.5)
 WARMUP_REQUESTS = 6
 
 
@@ -166,6 +170,29 @@ def system_speed(out: Path, system: cs.System, target: Target, maker: PromptMake
     return model
 
 
+def tuned_llama_server(args: argparse.Namespace, device: LatencyModel, maker: PromptMaker,
+                       systems: dict[str, cs.System], budget: Budget) -> str | None:
+    """The llama-server system with the best -np (mean attainment at TUNE_LOADS, seed 0,
+    absolute SLOs; those points are the sweep's own); None when the budget stopped it."""
+    path = args.out / "llama_np.json"
+    if path.exists():
+        return str(json.loads(path.read_text())["system"])
+    tune = argparse.Namespace(**{**vars(args), "loads": list(TUNE_LOADS),
+                                 "seeds": [args.seeds[0]], "scales": ["absolute"]})
+    scores = {}
+    for n in TUNE_NP:
+        name = f"llama-server-np{n}"
+        if not serve_system(systems[name], tune, device, maker, budget):
+            return None
+        values = [load_results(point_path(args.out, name, "absolute", x, args.seeds[0]))[0]
+                  ["summary"]["slo_attainment"] for x in TUNE_LOADS]
+        scores[name] = sum(values) / len(values)
+    best = max(scores, key=lambda k: scores[k])
+    path.write_text(json.dumps({"system": best, "mean_attainment": scores,
+                                "loads": list(TUNE_LOADS), "seed": args.seeds[0]}, indent=1))
+    return best
+
+
 def capacities(args: argparse.Namespace, device: LatencyModel, maker: PromptMaker,
                systems: dict[str, cs.System], budget: Budget) -> bool:
     """Bisect each system's capacity between its sweep points (absolute scale)."""
@@ -248,13 +275,16 @@ def main() -> int:
     args.scales = [x for x in args.scales.split(",") if x]
     systems = all_systems(args.out)
     args.systems = [x for x in args.systems.split(",") if x]
-    unknown = [x for x in args.systems if x not in systems]
+    unknown = [x for x in args.systems if x not in systems and x != TUNED]
     if unknown:
         parser.error(f"unknown systems {unknown}; known: {', '.join(systems)}")
     if args.report:
         from compare_report import write_report
 
-        write_report(args.out, args.systems, args.seeds)
+        tuned = args.out / "llama_np.json"
+        best = json.loads(tuned.read_text())["system"] if tuned.exists() else None
+        write_report(args.out, [best if x == TUNED else x for x in args.systems if
+                                x != TUNED or best], args.seeds)
         return 0
     budget = Budget(args.budget_s)
     (args.out).mkdir(parents=True, exist_ok=True)
@@ -262,6 +292,11 @@ def main() -> int:
     device = device_profile(args.out)
     folder, _ = cs.model_paths()
     maker = PromptMaker(load_tokenizer_file(folder), str(folder))
+    if TUNED in args.systems:
+        best = tuned_llama_server(args, device, maker, systems, budget)
+        if best is None:
+            return EXIT_MORE
+        args.systems = [best if x == TUNED else x for x in args.systems]
     for name in args.systems:
         if not serve_system(systems[name], args, device, maker, budget):
             return EXIT_MORE
