@@ -28,6 +28,7 @@ import json
 import secrets
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +77,19 @@ class Budget:
         return self.seconds is None or time.monotonic() - self.start + estimate_s <= self.seconds
 
 
+MAX_DRAIN_S = 240.0  # a point ends at most this long after its last arrival
+
+
+def max_run_s(num_requests: int, rate_rps: float) -> float:
+    """A point's hard time limit: its arrivals (with slack for a slow Poisson draw) plus
+    MAX_DRAIN_S; requests unfinished then count as aborted (time_limit), so that a system far
+    slower than the device's estimate cannot hold a chunk of the machine's time forever."""
+    return 1.5 * num_requests / rate_rps + MAX_DRAIN_S
+
+
 def estimate_point_s(num_requests: int, rate_rps: float, load: float) -> float:
-    # Arrivals, plus the backlog an overload leaves to drain, plus start and warm-up slack.
-    return num_requests / rate_rps * (1.0 + max(0.0, load - 1.0)) + 30.0
+    del load
+    return max_run_s(num_requests, rate_rps) + 30.0
 
 
 def device_profile(out: Path) -> LatencyModel:
@@ -102,6 +113,7 @@ def run_point(target: Target, system: cs.System, spec: Any, device: LatencyModel
     traffic = make_traffic(spec, rate_rps=estimate.rate_for(load), num_requests=num_requests,
                            seed=seed, latency_model=slo_model)
     salt = secrets.randbelow(2**31)
+    target = replace(target, max_run_s=max_run_s(num_requests, estimate.rate_for(load)))
     prompts = [maker.text(r.num_prompt_tokens, seed, salt, i)
                for i, r in enumerate(traffic.requests)]
     run = bench_traffic(traffic, target, prompts, slo_scale=scale,

@@ -169,3 +169,17 @@ def test_prefill_fit_recovers_the_latency_model_terms() -> None:
     flat = [(n, l1 + 0.3 * (n - 1) - 1e-5 * n * n) for n in (64, 256, 512)]
     per_token, per_pair = fit_prefill(flat, l1)
     assert per_pair == 0.0 and per_token > 0
+
+
+def test_the_run_time_limit_aborts_what_is_unfinished(maker: PromptMaker) -> None:
+    traffic = make_traffic(workload_from_dict(_workload(("ok", "slow"))), rate_rps=50.0,
+                           num_requests=6, seed=2)
+    prompts = [maker.text(s.num_prompt_tokens, 2, 1, i) for i, s in enumerate(traffic.requests)]
+    with standin(slow_s=1.0) as server:
+        target = Target(server.base_url, "stand-in", client_options("sliceserve"),
+                        timeout_s=30.0, max_run_s=0.4)
+        run = bench_traffic(traffic, target, prompts, slo_scale="absolute",
+                            latency_model_name="")
+    slow, ok = run["classes"]["slow"], run["classes"]["ok"]
+    assert slow["n"] > 0 and slow["failures"] == {"time_limit": slow["n"]}
+    assert ok["completed"] == ok["n"] and run["client"]["max_run_s"] == 0.4

@@ -49,7 +49,8 @@ class Target:
     model: str
     options: ClientOptions
     api_key: str | None = None
-    timeout_s: float = DEFAULT_TIMEOUT_S
+    timeout_s: float = DEFAULT_TIMEOUT_S  # per request
+    max_run_s: float | None = None  # from the first arrival; what is unfinished then: aborted
 
     @property
     def url(self) -> str:
@@ -76,7 +77,7 @@ async def serve_traffic(specs: Sequence[RequestSpec], prompts: Sequence[str], ta
         async def one(i: int, spec: RequestSpec) -> None:
             body = request_body(spec, prompts[i], target.model, target.options)
             outcome = await send_request(client, target.url, body, timeout_s=target.timeout_s,
-                                         headers=target.headers)
+                                         headers=target.headers, run_deadline_s=deadline_s)
             outcomes[i] = outcome
             counts["done"] += 1
             counts["met"] += int(is_met(_record(spec, outcome, start_s)))
@@ -84,6 +85,7 @@ async def serve_traffic(specs: Sequence[RequestSpec], prompts: Sequence[str], ta
                 progress(counts["done"], counts["met"], len(specs))
 
         start_s = time.perf_counter()
+        deadline_s = None if target.max_run_s is None else start_s + target.max_run_s
         tasks = []
         for i, spec in sorted(enumerate(specs), key=lambda item: item[1].arrival_s):
             delay_s = start_s + spec.arrival_s - time.perf_counter()
@@ -161,6 +163,7 @@ def build_http_run(traffic: Traffic, outcomes: Sequence[Outcome], start_s: float
         stats["itl_ms"] = latency_stats(_itl_ms([outcomes[i] for i in idx]))
     run["client"] = {"base_url": target.base_url, "endpoint": target.options.path,
                      "slo_scale": slo_scale, "timeout_s": target.timeout_s,
+                     "max_run_s": target.max_run_s,
                      "options": target.options.to_dict(),
                      **checks(specs, outcomes, records, start_s), **(extra_client or {})}
     return run

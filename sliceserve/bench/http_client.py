@@ -13,8 +13,8 @@ How the request ended (`Outcome.status` / `code`), in the result files' terms:
 - rejected: HTTP 429 or 503 (`code` "429:<server code>", "503:<server code>"), or an error
   event before any token whose code is a rejection (`REJECTION_CODES`);
 - aborted: any other HTTP status ("400:<code>"), an error event mid-stream
-  ("stream:<code>"), a timeout ("timeout"), a broken connection ("connection"), a stream that
-  ended without a finish ("incomplete").
+  ("stream:<code>"), a timeout ("timeout"), the run's time limit ("time_limit"), a broken
+  connection ("connection"), a stream that ended without a finish ("incomplete").
 """
 
 from __future__ import annotations
@@ -136,11 +136,18 @@ def _on_event(outcome: Outcome, data: dict[str, Any], now_s: float) -> bool:
 
 
 async def send_request(client: httpx.AsyncClient, url: str, body: dict[str, Any], *,
-                       timeout_s: float, headers: dict[str, str] | None = None) -> Outcome:
-    """POST `body` (with "stream": true) to `url` and follow its stream to the end."""
+                       timeout_s: float, headers: dict[str, str] | None = None,
+                       run_deadline_s: float | None = None) -> Outcome:
+    """POST `body` (with "stream": true) to `url` and follow its stream to the end, at most
+    `timeout_s` (code "timeout") and not past `run_deadline_s` (a `time.perf_counter` time
+    that bounds the whole run; code "time_limit")."""
     outcome = Outcome(sent_s=time.perf_counter())
     deadline_s = outcome.sent_s + timeout_s
-    timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 30.0))
+    limit_code = "timeout"
+    if run_deadline_s is not None and run_deadline_s < deadline_s:
+        deadline_s, limit_code = max(run_deadline_s, outcome.sent_s + 0.001), "time_limit"
+    budget_s = deadline_s - outcome.sent_s
+    timeout = httpx.Timeout(budget_s, connect=min(budget_s, 30.0))
     try:
         async with client.stream("POST", url, json=body, headers=headers,
                                  timeout=timeout) as response:
@@ -166,7 +173,7 @@ async def send_request(client: httpx.AsyncClient, url: str, body: dict[str, Any]
                 if now_s > deadline_s:
                     raise httpx.ReadTimeout("request time limit")
     except httpx.TimeoutException as e:
-        outcome.status, outcome.code, outcome.detail = "aborted", "timeout", str(e) or "timeout"
+        outcome.status, outcome.code, outcome.detail = "aborted", limit_code, str(e) or limit_code
         return outcome
     except httpx.HTTPError as e:
         outcome.status, outcome.code = "aborted", "connection"

@@ -70,6 +70,9 @@ def bench(
         "absolute SLOs and --load")] = None,
     api_key: Annotated[str | None, typer.Option(help="sent as a bearer token")] = None,
     timeout_s: Annotated[float, typer.Option(help="per-request time limit, s")] = 600.0,
+    max_run_s: Annotated[float | None, typer.Option(
+        help="end the run this many seconds after its start: what is unfinished then counts "
+        "as aborted (time_limit)")] = None,
     force_length: Annotated[str | None, typer.Option(
         help="ignore_eos, logit_bias (on --eos-ids) or none (default: the system's)")] = None,
     eos_ids: Annotated[str | None, typer.Option(
@@ -99,7 +102,7 @@ def bench(
 
     _check_common(num_requests or 1, seed, cv, arrival)
     for name, value in (("--rate", rate), ("--duration", duration), ("--timeout-s", timeout_s),
-                        ("--burstiness", burstiness)):
+                        ("--burstiness", burstiness), ("--max-run-s", max_run_s)):
         _check_positive(name, value)
     if slo_scale not in SLO_SCALES:
         raise BadInput(f"--slo-scale must be one of {', '.join(SLO_SCALES)}, got {slo_scale!r}")
@@ -115,7 +118,7 @@ def bench(
                                                     slo_scale)
     info = http_bench.server_info(base_url, api_key)
     target = http_bench.Target(base_url, model or http_bench.served_model(info), options,
-                               api_key, timeout_s)
+                               api_key, timeout_s, max_run_s)
     maker = _prompt_maker(tokenizer)
     if options.force_length == "logit_bias" and not options.eos_ids:
         from dataclasses import replace
