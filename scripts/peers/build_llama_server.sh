@@ -6,18 +6,23 @@
 #   scripts/peers/build_llama_server.sh      # -> $SLICESERVE_PEERS_DIR/llama-server-<ver>/llama-server
 #
 # Server target only, for this CPU (GGML_NATIVE), static, without the web UI (and its prebuilt
-# download), OpenSSL or libcurl. About 5-6 minutes on 2 cores; idempotent (prints the binary's
-# path and exits when it is already built).
+# download), OpenSSL or libcurl, and without ggml's AMX int8 kernels (-mno-amx-int8): on this
+# project's Xeon (AMX advertised) the native build died with SIGILL on `tilezero` in its first
+# matrix multiply, as the llama.cpp executor's build did (docs/ENGINE.md). About 5-6 minutes on
+# 2 cores; idempotent (prints the binary's path and exits when it is already built).
 set -euo pipefail
 
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 PEERS_DIR="${SLICESERVE_PEERS_DIR:-$HOME/.cache/sliceserve/peers}"
 DEST="$PEERS_DIR/llama-server-$VERSION"
+NO_AMX=""
+[[ "$(uname -m)" == "x86_64" ]] && NO_AMX="-mno-amx-int8"
 BIN="$DEST/llama-server"
 PIP="${PIP:-python3 -m pip}"
 JOBS="${CMAKE_BUILD_PARALLEL_LEVEL:-2}"
 
-if [[ -x "$BIN" ]] && "$BIN" --version >/dev/null 2>&1; then
+if [[ -x "$BIN" ]] && "$BIN" --version >/dev/null 2>&1 && [[ -f "$BIN.flags" ]] \
+        && [[ "$(cat "$BIN.flags")" == "native $NO_AMX" ]]; then
     echo "llama-server from llama-cpp-python $VERSION already built in $DEST" >&2
     echo "$BIN"
     exit 0
@@ -41,9 +46,11 @@ command -v ninja >/dev/null && GENERATOR=(-G Ninja)
 cmake -S "$SRC" -B "$WORK/build" "${GENERATOR[@]}" -DCMAKE_BUILD_TYPE=Release \
     -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_UI=OFF \
-    -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF >&2
+    -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF \
+    -DCMAKE_C_FLAGS="$NO_AMX" -DCMAKE_CXX_FLAGS="$NO_AMX" >&2
 cmake --build "$WORK/build" --target llama-server -j "$JOBS" >&2
 cp "$WORK/build/bin/llama-server" "$BIN.tmp"
 mv "$BIN.tmp" "$BIN"
+echo "native $NO_AMX" > "$BIN.flags"
 "$BIN" --version >&2 || true
 echo "$BIN"
