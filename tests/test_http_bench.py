@@ -87,16 +87,19 @@ def test_every_failure_is_counted_as_not_met_by_its_cause(maker: PromptMaker,
     traffic = make_traffic(workload_from_dict(_workload()), rate_rps=50.0, num_requests=28,
                            seed=4)
     prompts = [maker.text(s.num_prompt_tokens, 4, 1, i) for i, s in enumerate(traffic.requests)]
-    with standin(slow_s=1.5) as server:
+    with standin(slow_s=6.0) as server:  # a 3 s limit: slow times out, the rest never does
         target = Target(server.base_url, "stand-in", client_options("sliceserve"),
-                        timeout_s=0.5)
+                        timeout_s=3.0)
         seen: list[tuple[int, int, int]] = []
         run = bench_traffic(traffic, target, prompts, slo_scale="absolute",
                             latency_model_name="", policy="slice",
                             progress=lambda *a: seen.append(a))
         bodies = list(server.bodies)
-    assert len(bodies) == 28 and all(b["ignore_eos"] and b["stream"] for b in bodies)
-    assert sorted(b["prompt"] for b in bodies) == sorted(prompts)
+    # A request that timed out may not have reached the handler on a busy machine.
+    slow = [p for p, s in zip(prompts, traffic.requests) if s.slo.slo_class == "slow"]
+    assert 28 - len(slow) <= len(bodies) <= 28
+    assert all(b["ignore_eos"] and b["stream"] for b in bodies)
+    assert set(prompts) - set(slow) <= {b["prompt"] for b in bodies}
     (tmp_path / "run.json").write_text(dumps(run))
     (loaded,) = load_results(tmp_path / "run.json")
     assert loaded["client"]["slo_scale"] == "absolute"
