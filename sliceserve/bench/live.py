@@ -28,12 +28,13 @@ from sliceserve.engine.arrivals import serve_arrivals
 from sliceserve.engine.engine import Engine, Executor
 from sliceserve.latency_model import LatencyModel
 from sliceserve.metrics.results import build_run
-from sliceserve.metrics.slo import RequestRecord
+from sliceserve.metrics.slo import RequestRecord, is_met
 from sliceserve.policies.registry import make_policy
 from sliceserve.request import Request, SamplingParams
 from sliceserve.workloads import RequestSpec, Traffic
 
 SYSTEM = "sliceserve"
+Progress = Callable[[int, int, int], None]  # (finished, met, total)
 # Prompt ids are drawn from the vocabulary above the special tokens of Llama-family
 # tokenizers (which sit at the bottom); `special_ids` removes any others.
 FIRST_REGULAR_TOKEN = 16
@@ -127,16 +128,37 @@ def write_trace(traffic: Traffic, path: str | Path) -> Path:
 
 # --- one run -> a result object ---
 
+def progress_counter(requests: Sequence[Request], progress: Progress) -> Callable[[Engine], None]:
+    """An `on_step` that reports (finished, met, total) each time more requests have ended."""
+    seen: set[str] = set()
+    met = [0]
+
+    def on_step(engine: Engine) -> None:
+        del engine
+        before = len(seen)
+        for request in requests:
+            if request.status.is_finished and request.request_id not in seen:
+                seen.add(request.request_id)
+                met[0] += int(is_met(RequestRecord.from_request(request)))
+        if len(seen) != before:
+            progress(len(seen), met[0], len(requests))
+
+    return on_step
+
+
 def run_live(traffic: Traffic, executor: Executor, policy_name: str,
              latency_model: LatencyModel, config: SchedulerConfig, requests: Sequence[Request],
              *, policy_options: Mapping[str, Any] | None = None, model_id: str = "",
              device: str = "", max_time_s: float | None = None,
-             machine: dict[str, Any] | None = None) -> dict[str, Any]:
+             machine: dict[str, Any] | None = None,
+             progress: Progress | None = None) -> dict[str, Any]:
     """Serve `requests` (made from `traffic`, e.g. by `live_requests`) on a fresh engine whose
-    wall clock starts now; the run's result object (with `machine` as its machine block)."""
+    wall clock starts now; the run's result object (with `machine` as its machine block).
+    `progress(done, met, total)` is called as requests finish."""
     policy = make_policy(policy_name, latency_model, config, dict(policy_options or {}))
     engine = Engine(Scheduler(config, policy), executor, WallClock())
-    result = serve_live(engine, requests, max_time_s=max_time_s)
+    on_step = progress_counter(requests, progress) if progress is not None else None
+    result = serve_live(engine, requests, max_time_s=max_time_s, on_step=on_step)
     records = [RequestRecord.from_request(r) for r in result.requests]
     return build_run(
         records, duration_s=result.duration_s, backend="engine", system=SYSTEM,
@@ -144,4 +166,4 @@ def run_live(traffic: Traffic, executor: Executor, policy_name: str,
         arrival=traffic.arrival, rate_rps=traffic.rate_rps, arrival_cv=traffic.cv,
         seed=traffic.seed, model=model_id or latency_model.model,
         device=device or latency_model.device, latency_model=latency_model.name,
-        class_order=traffic.class_order, machine=machine)
+        class_order=traffic.class_order, machine=machine, per_request=True)

@@ -8,12 +8,15 @@
     sliceserve profile --model smollm2-135m --out profile.json --plot profile.png
     sliceserve run --workload edge --policy slice --rate 0.4 -n 60 --out live.json \
         --trace-out edge.jsonl --latency-model profile.json
+    sliceserve bench --base-url http://127.0.0.1:8000 --system vllm -w edge --load 1.5 \
+        -n 200 --latency-model profile.json --out vllm.json
 
 Bad input ends with one line `error: ...` on stderr and exit status 2, never a traceback.
 
 The package: `common` (checks, parsers, shared options, output), `sim_commands` (simulate,
-sweep, show, workload, policies), `model_commands` (profile, run); this module builds the app
-from them and holds the entry point, `main` (also `python -m sliceserve.cli`).
+sweep, show, workload, policies), `model_commands` (profile, run), `bench_commands` (bench);
+this module builds the app from them and holds the entry point, `main` (also
+`python -m sliceserve.cli`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections.abc import Sequence
 
 import typer
 
+from sliceserve.cli.bench_commands import bench
 from sliceserve.cli.common import (
     EXIT_BAD_INPUT,
     LATENCY_HELP,
@@ -42,7 +46,7 @@ except ImportError:  # pragma: no cover - depends on the installed typer
 __all__ = [
     "EXIT_BAD_INPUT", "LATENCY_HELP", "METRICS", "MODEL_DTYPES", "OPTION_HELP", "WORKLOAD_HELP",
     "BadInput", "app", "main", "parse_policy_options",
-    "simulate", "sweep", "show", "workload", "policies", "profile", "run",
+    "simulate", "sweep", "show", "workload", "policies", "profile", "run", "bench",
 ]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -50,7 +54,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                        "policies, profile a model on this device, serve workloads live.")
 
 # Registered here, in this order (the order of `sliceserve --help`).
-for _command in (simulate, sweep, show, workload, policies, profile, run):
+for _command in (simulate, sweep, show, workload, policies, profile, run, bench):
     app.command()(_command)
 del _command
 

@@ -3,9 +3,10 @@ the options several commands take, console and file output."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -52,15 +53,15 @@ def _check_common(num_requests: int, seed: int, cv: float, arrival: str) -> None
                        "(give a .jsonl --workload to replay a trace)")
 
 
-def _parse_rates(text: str) -> list[float]:
+def _parse_rates(text: str, option: str = "--rates") -> list[float]:
     try:
         rates = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise BadInput(f"--rates must be comma-separated numbers, got {text!r}") from None
+        raise BadInput(f"{option} must be comma-separated numbers, got {text!r}") from None
     if not rates:
-        raise BadInput("--rates needs at least one rate")
+        raise BadInput(f"{option} needs at least one value")
     for rate in rates:
-        _check_positive("every rate in --rates", rate)
+        _check_positive(f"every value in {option}", rate)
     return list(dict.fromkeys(rates))
 
 
@@ -115,3 +116,41 @@ ClassDefaultsOpt = Annotated[str | None, typer.Option(
 PlotOpt = Annotated[Path | None, typer.Option("--plot", help="write the plots here (PNG)")]
 OutOpt = Annotated[Path | None, typer.Option(help="write the result JSON here")]
 TableOpt = Annotated[bool, typer.Option(help="print the console table")]
+LoadOpt = Annotated[float | None, typer.Option(
+    "--load", help="arrival rate as a multiple of the device's capacity for the workload, "
+    "estimated from the latency model (1 = saturation); instead of --rate")]
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, desc: str) -> Iterator[Callable[[int, int, int], None]]:
+    """A progress bar on stderr (requests done / total, running SLO attainment); yields
+    `update(done, met, total)`. Silent when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=desc, unit="req", disable=None, file=sys.stderr,
+              dynamic_ncols=True) as bar:
+        def update(done: int, met: int, total: int) -> None:
+            bar.total = total
+            bar.set_postfix_str(f"met {met}/{done} ({100 * met / max(done, 1):.0f}%)",
+                                refresh=False)
+            bar.update(done - bar.n)
+
+        yield update
+
+
+def rates_for_loads(loads: Sequence[float], workload: str, latency_model: Any
+                    ) -> tuple[list[float], dict[str, Any]]:
+    """The arrival rates of `loads` (multiples of the device's estimated capacity for the
+    workload) and the estimate, for the result files."""
+    from sliceserve.workloads import is_trace_path, load_workload
+    from sliceserve.workloads.load import estimate_capacity
+
+    if is_trace_path(workload):
+        raise BadInput("--load needs a generated workload, not a trace")
+    for load in loads:
+        _check_positive("--load", load)
+    estimate = estimate_capacity(load_workload(workload), latency_model)
+    print(f"capacity estimate for {workload} on {estimate.latency_model}: "
+          f"{estimate.rate_rps:.3g} requests/s (batch {estimate.batch_size} at the tightest "
+          f"TPOT {estimate.tightest_tpot_ms:.0f} ms)", file=sys.stderr)
+    return [estimate.rate_for(load) for load in loads], estimate.to_dict()

@@ -17,6 +17,7 @@ from sliceserve.cli.common import (
     BadInput,
     ClassDefaultsOpt,
     CvOpt,
+    LoadOpt,
     NumRequestsOpt,
     OutOpt,
     PlotOpt,
@@ -30,6 +31,7 @@ from sliceserve.cli.common import (
     _console,
     _write,
     parse_policy_options,
+    progress_bar,
 )
 from sliceserve.latency_model import LatencyModel
 from sliceserve.metrics.results import dumps
@@ -126,6 +128,7 @@ def run(
     policy: PolicyOpt,
     rate: Annotated[float | None, typer.Option(
         "--rate", "-r", help="mean arrival rate, requests/s (default 0.5)")] = None,
+    load: LoadOpt = None,
     model: ModelOpt = None,
     arrival: ArrivalOpt = "poisson",
     cv: CvOpt = DEFAULT_CV,
@@ -163,6 +166,7 @@ def run(
 
     _check_common(num_requests, seed, cv, arrival)
     _check_positive("--rate", rate)
+    _check_load(load, rate, workload)
     _check_positive("--max-time-s", max_time_s)
     _check_model_options(dtype, threads, kv_cache_gb, quantization)
     if trace_out is not None and trace_out.suffix != ".jsonl":
@@ -195,6 +199,7 @@ def run(
                                       "sliceserve run --profile-out;")
         _write(profile_out, report.latency_model_json(model_lm))
         _write(report.points_path(profile_out), report.points_json(measured, model_lm))
+    load_info = _apply_load(load, workload, model_lm, traffic_args)
     traffic = make_traffic(workload, latency_model=model_lm, **traffic_args)
     if trace_out is not None:
         _write_trace(traffic, trace_out)
@@ -205,10 +210,12 @@ def run(
     from sliceserve.bench.calibrate import IterationRecorder, calibrate
 
     recorder = IterationRecorder(engine.runner)
-    result = live.run_live(traffic, recorder, policy, model_lm, engine.config, requests,
-                           policy_options=options, model_id=engine.model_name,
-                           device=device_name(device), max_time_s=max_time_s,
-                           machine=machine_block(engine.runner))
+    with progress_bar(len(requests), f"run {policy}") as update:
+        result = live.run_live(traffic, recorder, policy, model_lm, engine.config, requests,
+                               policy_options=options, model_id=engine.model_name,
+                               device=device_name(device), max_time_s=max_time_s,
+                               machine=machine_block(engine.runner), progress=update)
+    result.update(load_info)
     if calibrated_out is not None:
         from sliceserve.bench import profile_report as report
 
@@ -223,6 +230,30 @@ def run(
 
 
 # --- helpers of the commands ---
+
+def _check_load(load: float | None, rate: float | None, workload: str) -> None:
+    _check_positive("--load", load)
+    if load is not None and rate is not None:
+        raise BadInput("give --rate or --load, not both")
+    if load is not None and is_trace_path(workload):
+        raise BadInput("--load needs a generated workload, not a trace")
+
+
+def _apply_load(load: float | None, workload: str, latency_model: LatencyModel,
+                traffic_args: dict[str, Any]) -> dict[str, Any]:
+    """With --load: set the traffic's rate from the device's capacity estimate; the facts
+    for the result file (`load`, `capacity_estimate`)."""
+    if load is None:
+        return {}
+    from sliceserve.workloads import load_workload
+    from sliceserve.workloads.load import rate_for_load
+
+    rate, estimate = rate_for_load(load, load_workload(workload), latency_model)
+    traffic_args["rate_rps"] = rate
+    print(f"--load {load:g}: {rate:.3g} requests/s ({load:g} x the estimated capacity "
+          f"{estimate.rate_rps:.3g}/s)", file=sys.stderr)
+    return {"load": load, "capacity_estimate": estimate.to_dict()}
+
 
 def _load_runner(model: str | None, dtype: str, device: str, threads: int | None,
                  kv_cache_gb: float | None, quantization: str = "none") -> tuple[Any, str]:

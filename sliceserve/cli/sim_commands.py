@@ -18,6 +18,7 @@ from sliceserve.cli.common import (
     BadInput,
     ClassDefaultsOpt,
     CvOpt,
+    LoadOpt,
     NumRequestsOpt,
     OutOpt,
     PlotOpt,
@@ -33,6 +34,7 @@ from sliceserve.cli.common import (
     _parse_rates,
     _write,
     parse_policy_options,
+    rates_for_loads,
 )
 from sliceserve.latency_model import LatencyModel
 from sliceserve.metrics.results import dumps, load_results
@@ -55,6 +57,7 @@ def simulate(
     policy: PolicyOpt,
     rate: Annotated[float | None, typer.Option(
         "--rate", "-r", help="mean arrival rate, requests/s (default 1.0)")] = None,
+    load: LoadOpt = None,
     arrival: ArrivalOpt = "poisson",
     cv: CvOpt = DEFAULT_CV,
     num_requests: NumRequestsOpt = 200,
@@ -67,17 +70,24 @@ def simulate(
     table: TableOpt = True,
 ) -> None:
     """Simulate one run of a workload under one policy: a table and a result JSON."""
-    from sliceserve.sim.run import simulate_run
+    from sliceserve.sim.run import load_latency_model, simulate_run
 
     _check_common(num_requests, seed, cv, arrival)
     _check_positive("--rate", rate)
     _check_positive("--max-time-s", max_time_s)
+    load_info: dict[str, Any] = {}
+    if load is not None:
+        if rate is not None:
+            raise BadInput("give --rate or --load, not both")
+        (rate,), estimate = rates_for_loads([load], workload, load_latency_model(latency_model))
+        load_info = {"load": load, "capacity_estimate": estimate}
     if rate is not None and is_trace_path(workload):
         print("note: a trace replays its own arrival times; --rate is ignored", file=sys.stderr)
     options = parse_policy_options(policy_option or [], [policy])[policy]
     run = simulate_run(workload, policy, rate if rate is not None else 1.0, arrival,
                        num_requests, seed, latency_model, options, cv=cv,
-                       class_defaults=class_defaults, max_time_s=max_time_s)
+                       class_defaults=class_defaults, max_time_s=max_time_s, per_request=True)
+    run.update(load_info)
     if table:
         _console().print(run_table(run))
     if out is not None:
@@ -89,6 +99,9 @@ def sweep(
     policies: Annotated[str | None, typer.Option(
         help="comma-separated policy names (default: all registered)")] = None,
     rates: Annotated[str, typer.Option(help="comma-separated arrival rates, requests/s")] = "",
+    loads: Annotated[str, typer.Option(
+        help="comma-separated loads (multiples of the device's estimated capacity) instead "
+        "of --rates")] = "",
     arrival: ArrivalOpt = "poisson",
     cv: CvOpt = DEFAULT_CV,
     num_requests: NumRequestsOpt = 200,
@@ -117,6 +130,18 @@ def sweep(
         raise BadInput(f"--jobs must be >= 1, got {jobs}")
     names = _parse_names(policies) if policies is not None else policy_names()
     trace = is_trace_path(workload)
+    load_of: dict[float, float] = {}
+    estimate: dict[str, Any] = {}
+    if loads:
+        from sliceserve.sim.run import load_latency_model
+
+        if rates:
+            raise BadInput("give --rates or --loads, not both")
+        load_list = _parse_rates(loads.replace(" ", ""), "--loads")
+        rates_from, estimate = rates_for_loads(load_list, workload,
+                                               load_latency_model(latency_model))
+        load_of = dict(zip(rates_from, load_list))
+        rates = ",".join(repr(r) for r in rates_from)
     rate_list = [] if trace and not rates else _parse_rates(rates)
     if trace and rates:
         print("note: a trace replays its own arrival times; --rates is ignored",
@@ -133,6 +158,9 @@ def sweep(
         runs = run_sweep(workload, names, rate_list, arrival, num_requests, seed, latency_model,
                          options, cv=cv, class_defaults=class_defaults, max_time_s=max_time_s,
                          jobs=jobs, progress=progress)
+    for run in runs:
+        if run["rate_rps"] in load_of:
+            run.update(load=load_of[run["rate_rps"]], capacity_estimate=estimate)
     _console().print(sweep_table(runs, metric))
     if out is not None:
         _write(out, dumps(runs))
@@ -183,10 +211,10 @@ def policies() -> None:
 
 
 def _plot(runs: list[dict[str, Any]], path: Path, e2e_rate: float | None, metric: str) -> None:
-    from sliceserve.metrics.plots import plot_sweep
+    from sliceserve.metrics.plots import plot_runs
 
     try:
-        plot_sweep(runs, path, e2e_rate=e2e_rate, metric=metric)
+        plot_runs(runs, path, e2e_rate=e2e_rate, metric=metric)
     except OSError as e:
         raise BadInput(f"cannot write {path}: {e.strerror}") from None
     print(f"wrote {path}", file=sys.stderr)

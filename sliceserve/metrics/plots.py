@@ -1,7 +1,10 @@
 """Plots of result objects (matplotlib, Agg backend: no display needed).
 
-`plot_sweep` draws one figure: SLO attainment vs arrival rate per policy (overall, then one
-panel per class) and the mean completion time (E2E) per class and policy at one rate.
+`plot_runs` picks the figure for what the runs hold: with several rates `plot_sweep` (SLO
+attainment vs arrival rate per policy or system, overall and one panel per class, and the
+mean completion time per class at one rate), with one rate `plot_single_rate`
+(sliceserve/metrics/plots_single.py: per-class bars and distributions against each target).
+Several seeds of one point are drawn as their median with the range (min to max) shaded.
 """
 
 from __future__ import annotations
@@ -17,15 +20,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 
+from sliceserve.metrics.aggregate import (  # noqa: E402
+    curve,
+    group,
+    labels,
+    rates,
+    seeds,
+)
 from sliceserve.metrics.table import CAPACITY_THRESHOLD  # noqa: E402
 
 NUM_COLUMNS = 3
 PANEL_SIZE_IN = (5.0, 3.6)
 Run = dict[str, Any]
-
-
-def _policies(runs: Sequence[Run]) -> list[str]:
-    return list(dict.fromkeys(r["policy"] for r in runs))
 
 
 def _classes(runs: Sequence[Run]) -> list[str]:
@@ -43,25 +49,22 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 def plot_attainment(ax: Axes, runs: Sequence[Run], class_name: str | None,
                     colors: dict[str, Any], metric: str = "slo_attainment") -> None:
-    """`metric` vs arrival rate, one line per policy; `class_name` None is overall."""
-    for i, (policy, color) in enumerate(colors.items()):
-        points = sorted((r["rate_rps"], _stats(r, class_name)) for r in runs
-                        if r["policy"] == policy and r["rate_rps"] is not None
-                        and _stats(r, class_name) is not None)
-        xs = [rate for rate, stats in points if stats[metric] is not None]
-        ys = [stats[metric] for _, stats in points if stats[metric] is not None]
-        ax.plot(xs, ys, marker=MARKERS[i % len(MARKERS)], markersize=7, markerfacecolor="none",
-                linewidth=1.5, color=color, label=policy)
+    """`metric` vs arrival rate, one line per policy or system (the median over seeds, the
+    range shaded); `class_name` None is overall."""
+    for i, (label, color) in enumerate(colors.items()):
+        points = curve(runs, label, metric, class_name)
+        xs = [rate for rate, _ in points]
+        ax.plot(xs, [v[0] for _, v in points], marker=MARKERS[i % len(MARKERS)], markersize=7,
+                markerfacecolor="none", linewidth=1.5, color=color, label=label)
+        if any(v[1] != v[2] for _, v in points):
+            ax.fill_between(xs, [v[1] for _, v in points], [v[2] for _, v in points],
+                            color=color, alpha=0.15, linewidth=0)
     ax.axhline(CAPACITY_THRESHOLD, color="grey", linestyle=":", linewidth=1)
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel("arrival rate (requests/s)")
     ax.set_ylabel("SLO attainment" + (" (strict)" if metric.endswith("strict") else ""))
     ax.set_title("overall" if class_name is None else f"class {class_name}")
     ax.grid(True, alpha=0.3)
-
-
-def _stats(run: Run, class_name: str | None) -> dict[str, Any] | None:
-    return run["summary"] if class_name is None else run["classes"].get(class_name)
 
 
 def heaviest_rate(runs: Sequence[Run]) -> float | None:
@@ -71,22 +74,24 @@ def heaviest_rate(runs: Sequence[Run]) -> float | None:
 
 def plot_e2e_bars(ax: Axes, runs: Sequence[Run], rate: float | None,
                   colors: dict[str, Any]) -> None:
-    """Mean E2E (completion time) per class, one bar per policy, at `rate` (completed only)."""
+    """Mean E2E (completion time) per class, one bar per policy or system, at `rate`
+    (completed only; the median over seeds)."""
     classes = _classes(runs)
-    policies = list(colors)
-    at_rate = {r["policy"]: r for r in runs if r["rate_rps"] == rate}
-    width = 0.8 / max(1, len(policies))
+    names = list(colors)
+    by_key = group(runs)
+    width = 0.8 / max(1, len(names))
     values = []
-    for j, policy in enumerate(policies):
-        run = at_rate.get(policy)
+    for j, label in enumerate(names):
+        members = by_key.get((label, rate), [])
         heights = []
         for name in classes:
-            stats = _stats(run, name) if run is not None else None
-            mean = stats["e2e_ms"]["mean"] if stats is not None else None
-            heights.append(math.nan if mean is None else mean / 1000.0)
+            means = [(r["classes"].get(name) or {}).get("e2e_ms", {}).get("mean")
+                     for r in members]
+            data = sorted(m for m in means if m is not None)
+            heights.append(data[len(data) // 2] / 1000.0 if data else math.nan)
         values += [h for h in heights if not math.isnan(h)]
-        xs = [i + (j - (len(policies) - 1) / 2) * width for i in range(len(classes))]
-        ax.bar(xs, heights, width=width, color=colors[policy], label=policy)
+        xs = [i + (j - (len(names) - 1) / 2) * width for i in range(len(classes))]
+        ax.bar(xs, heights, width=width, color=colors[label], label=label)
     ax.set_xticks(range(len(classes)), classes, rotation=15)
     ax.set_ylabel("mean E2E (s)")
     positive = [v for v in values if v > 0]
@@ -102,7 +107,7 @@ def plot_sweep(runs: Sequence[Run], path: str | Path, *, e2e_rate: float | None 
     """Attainment vs rate (overall + per class) and E2E bars in one PNG; returns its path."""
     if not runs:
         raise ValueError("plot: no runs to plot")
-    policies = _policies(runs)
+    policies = labels(runs)
     colors = _colors(policies)
     classes = _classes(runs)
     has_rates = heaviest_rate(runs) is not None
@@ -121,12 +126,9 @@ def plot_sweep(runs: Sequence[Run], path: str | Path, *, e2e_rate: float | None 
     plot_e2e_bars(flat[panels - 1], runs, rate, colors)
     for ax in flat[panels:]:
         ax.set_visible(False)
-    first = runs[0]
-    fig.suptitle(f"workload {first['workload']}, {first['arrival']} arrivals, "
-                 f"{first['backend']} ({first['latency_model'] or first['system']}), "
-                 f"seed {first['seed']}; dotted line: {CAPACITY_THRESHOLD:.0%}")
-    handles, labels = flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(policies), 8),
+    fig.suptitle(f"{describe(runs)}; dotted line: {CAPACITY_THRESHOLD:.0%}")
+    handles, names = flat[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(len(policies), 8),
                frameon=False)
     fig.tight_layout(rect=(0, 0.06 if nrows == 1 else 0.04, 1, 0.96))
     out = Path(path)
@@ -134,3 +136,27 @@ def plot_sweep(runs: Sequence[Run], path: str | Path, *, e2e_rate: float | None 
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def describe(runs: Sequence[Run], spread: str = "range shaded") -> str:
+    """What the runs have in common, for a figure's title."""
+    first = runs[0]
+    backends = sorted({r["backend"] for r in runs})
+    where = first["latency_model"] or first["system"] if backends == ["sim"] else \
+        first.get("device") or first["system"]
+    run_seeds = seeds(runs)
+    seed_text = f"seed {run_seeds[0]}" if len(run_seeds) == 1 else \
+        f"{len(run_seeds)} seeds (median, {spread})"
+    return (f"workload {first['workload']}, {first['arrival']} arrivals, "
+            f"{'/'.join(backends)} ({where}), {seed_text}")
+
+
+def plot_runs(runs: Sequence[Run], path: str | Path, *, e2e_rate: float | None = None,
+              metric: str = "slo_attainment") -> Path:
+    """The figure for these runs: `plot_sweep` over several rates, else `plot_single_rate`."""
+    if len(rates(runs)) > 1:
+        return plot_sweep(runs, path, e2e_rate=e2e_rate, metric=metric)
+    from sliceserve.metrics.plots_single import plot_single_rate
+
+    return plot_single_rate(runs, path, metric=metric)
+

@@ -3,10 +3,13 @@
 Writing is deterministic: keys in a fixed order, floats rounded to `SIGNIFICANT_DIGITS`
 significant digits, non-finite numbers as null, so the same inputs and seed give byte-identical
 files. Besides the documented keys a run carries `arrival_cv` (the gamma CV, else null) after
-`rate_rps`, and a run on the real engine a `machine` object after `device` (what its timings
-depend on: the CPU model, architecture and the flags that matter, the dtype and weight
-quantization with the reason for them, the compiled kernels' vector path, the threads; see
-sliceserve.model.precision.machine_block); readers must ignore keys they do not know.
+`rate_rps`, `failures` (requests not completed, by cause) in every STATS, a run on the real
+engine a `machine` object after `device` (what its timings depend on: the CPU model,
+architecture and the flags that matter, the dtype and weight quantization with the reason for
+them, the compiled kernels' vector path, the threads; see
+sliceserve.model.precision.machine_block) and, when asked for, `requests` (one row per
+request: `request_rows`) after `classes`; a live benchmark adds more
+(sliceserve/bench/http_bench.py). Readers must ignore keys they do not know.
 """
 
 from __future__ import annotations
@@ -23,6 +26,12 @@ from sliceserve.metrics.slo import (
     RequestRecord,
     compute_class_stats,
     compute_stats,
+    e2e_ms,
+    is_met,
+    is_met_strict,
+    max_gap_ms,
+    tpot_ms,
+    ttft_ms,
 )
 
 SCHEMA = "sliceserve.run/v1"
@@ -43,8 +52,10 @@ def build_run(records: Sequence[RequestRecord], *, duration_s: float, backend: s
               arrival: str, rate_rps: float | None, seed: int | None, model: str = "",
               device: str = "", latency_model: str = "", arrival_cv: float | None = None,
               class_order: Sequence[str] = (),
-              machine: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The run object of docs/RESULTS.md from the records of every arrived request."""
+              machine: dict[str, Any] | None = None,
+              per_request: bool = False) -> dict[str, Any]:
+    """The run object of docs/RESULTS.md from the records of every arrived request
+    (with `per_request`, also their rows: `request_rows`)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     run = {
@@ -69,7 +80,26 @@ def build_run(records: Sequence[RequestRecord], *, duration_s: float, backend: s
         keys = list(run)
         keys.insert(keys.index("device") + 1, "machine")
         run = {k: machine if k == "machine" else run[k] for k in keys}
+    if per_request:
+        run["requests"] = request_rows(records)
     return run
+
+
+def request_rows(records: Sequence[RequestRecord]) -> list[dict[str, Any]]:
+    """One row per request: what plots of distributions against each target need."""
+    rows = []
+    for r in records:
+        rows.append({
+            "id": r.request_id, "class": r.slo.slo_class, "status": r.status,
+            "code": r.finish_code, "arrival_s": r.arrival_s,
+            "prompt_tokens": r.num_prompt_tokens, "output_tokens": r.num_output_tokens,
+            "ttft_ms": ttft_ms(r), "tpot_ms": tpot_ms(r), "e2e_ms": e2e_ms(r),
+            "max_gap_ms": max_gap_ms(r),
+            "target": {"ttft_ms": r.slo.ttft_ms, "tpot_ms": r.slo.tpot_ms,
+                       "deadline_ms": r.slo.deadline_ms, "utility": r.slo.utility},
+            "met": is_met(r), "met_strict": is_met_strict(r),
+        })
+    return rows
 
 
 # --- writing ---
@@ -182,15 +212,16 @@ def capacity_rps(runs: Sequence[dict[str, Any]], policy: str, threshold: float =
                  metric: str = "slo_attainment") -> float | None:
     """The highest rate up to which `policy`'s attainment stays >= `threshold` (SLICE.md).
 
-    Over the rates of `runs` in increasing order: the last rate before the first one below the
-    threshold; None when even the lowest rate misses it.
+    `policy` is a run label (sliceserve.metrics.aggregate.run_label: the policy name for
+    sliceserve's runs). Over the rates of `runs` in increasing order, each the median over
+    its seeds: the last rate before the first one below the threshold; None when even the
+    lowest rate misses it.
     """
-    points = sorted(((r["rate_rps"], r["summary"][metric]) for r in runs
-                     if r["policy"] == policy and r["rate_rps"] is not None),
-                    key=lambda point: point[0])
+    from sliceserve.metrics.aggregate import curve
+
     best = None
-    for rate, value in points:
-        if value is None or value < threshold:
+    for rate, (median, _, _) in curve(runs, policy, metric):
+        if median < threshold:
             break
         best = rate
     return best

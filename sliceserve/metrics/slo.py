@@ -15,7 +15,7 @@ observed into `RequestRecord`s (engine clock or client clock) and calls these fu
 - Utility attainment = sum of utility over met / over all. Goodput = met / duration_s.
 - Output tokens/s = all generated output tokens (unfinished requests' too) / duration_s.
 - Latency statistics (TTFT, TPOT, E2E, max gap) are over completed requests only; the counts
-  of rejected and aborted requests are reported next to them.
+  of rejected and aborted requests are reported next to them, and by cause (`failures`).
 Comparisons allow `TOLERANCE_MS` of floating-point slack.
 """
 
@@ -219,7 +219,18 @@ def compute_stats(records: Sequence[RequestRecord], duration_s: float) -> dict[s
     }
     for name in LATENCY_METRICS:
         stats[name] = latency_stats(_PER_REQUEST[name](r) for r in completed)
+    stats["failures"] = failure_counts(records)
     return stats
+
+
+def failure_counts(records: Sequence[RequestRecord]) -> dict[str, int]:
+    """Requests not completed, by cause: their `finish_code`, else their status."""
+    counts: dict[str, int] = {}
+    for record in records:
+        if not record.completed:
+            key = record.finish_code or record.status
+            counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def compute_class_stats(records: Sequence[RequestRecord], duration_s: float,

@@ -8,6 +8,7 @@ from typing import Any
 from rich.table import Table
 
 from sliceserve.latency_model import LatencyModel
+from sliceserve.metrics.aggregate import group, labels, metric_spread, rates, run_label
 from sliceserve.metrics.results import capacity_rps
 from sliceserve.workloads.generate import resolve_class_slo
 from sliceserve.workloads.spec import ClassSpec, SloChoice, SloExpr, Workload
@@ -34,7 +35,7 @@ def run_title(run: dict[str, Any]) -> str:
     arrival = run["arrival"] if rate is None else f"{run['arrival']} {rate:g} rps"
     if run.get("arrival_cv") is not None:
         arrival += f" cv {run['arrival_cv']:g}"
-    return (f"{run['policy']} on {run['workload']} ({arrival}, seed {run['seed']}, "
+    return (f"{run_label(run)} on {run['workload']} ({arrival}, seed {run['seed']}, "
             f"{run['backend']}: {run['latency_model'] or run['system']}), "
             f"{run['duration_s']:.1f} s")
 
@@ -63,33 +64,45 @@ def run_table(run: dict[str, Any]) -> Table:
     return table
 
 
-def _capacity_text(runs: Sequence[dict[str, Any]], policy: str, metric: str) -> str:
-    capacity = capacity_rps(runs, policy, CAPACITY_THRESHOLD, metric)
+def _capacity_text(runs: Sequence[dict[str, Any]], label: str, metric: str) -> str:
+    capacity = capacity_rps(runs, label, CAPACITY_THRESHOLD, metric)
     if capacity is not None:
-        return f"{capacity:g}"
-    rates = [r["rate_rps"] for r in runs if r["policy"] == policy and r["rate_rps"] is not None]
-    return f"<{min(rates):g}" if rates else "-"
+        return f"{capacity:.3g}"
+    own = [r["rate_rps"] for r in runs if run_label(r) == label and r["rate_rps"] is not None]
+    return f"<{min(own):.3g}" if own else "-"
+
+
+def _spread_text(members: Sequence[dict[str, Any]], metric: str) -> str:
+    value = metric_spread(members, metric)
+    if value is None:
+        return "-"
+    median, low, high = value
+    if len(members) == 1 or low == high:
+        return _pct(median)
+    return f"{_pct(median)} ({100 * low:.0f}-{100 * high:.0f})"
 
 
 def sweep_table(runs: Sequence[dict[str, Any]], metric: str = "slo_attainment") -> Table:
-    """`metric` (overall) per policy x rate, and each policy's capacity at 90% attainment."""
-    policies = list(dict.fromkeys(r["policy"] for r in runs))
-    rates = sorted({r["rate_rps"] for r in runs if r["rate_rps"] is not None})
-    by_key = {(r["policy"], r["rate_rps"]): r for r in runs}
-    label = metric.replace("slo_", "SLO ").replace("_", " ")
-    table = Table(title=f"{label}, workload {runs[0]['workload'] if runs else '-'}")
+    """`metric` (overall) per policy (or system) x rate, the median over seeds with their
+    range, and each one's capacity at 90% attainment."""
+    by_key = group(runs)
+    name = metric.replace("slo_", "SLO ").replace("_", " ")
+    num_seeds = max((len(m) for m in by_key.values()), default=1)
+    caption = f"median (min-max) over {num_seeds} seeds" if num_seeds > 1 else None
+    table = Table(title=f"{name}, workload {runs[0]['workload'] if runs else '-'}",
+                  caption=caption)
     table.add_column("policy \\ rps", no_wrap=True)
-    columns: list[float | None] = list(rates) or [None]
+    columns: list[float | None] = list(rates(runs)) or [None]
     for rate in columns:
-        table.add_column("trace" if rate is None else f"{rate:g}", justify="right")
+        table.add_column("trace" if rate is None else f"{rate:.3g}", justify="right")
     table.add_column(f"capacity@{CAPACITY_THRESHOLD:.0%}", justify="right")
-    for policy in policies:
+    for label in labels(runs):
         cells = []
         for rate in columns:
-            run = by_key.get((policy, rate))
-            cells.append("-" if run is None else _pct(run["summary"][metric]))
-        cells.append(_capacity_text(runs, policy, metric))
-        table.add_row(policy, *cells)
+            members = by_key.get((label, rate))
+            cells.append("-" if not members else _spread_text(members, metric))
+        cells.append(_capacity_text(runs, label, metric))
+        table.add_row(label, *cells)
     return table
 
 

@@ -46,8 +46,9 @@ def simulate_run(workload: WorkloadArg, policy_name: str, rate: float | None = 1
                  policy_options: Mapping[str, Any] | None = None,
                  config: SchedulerConfig | None = None, *, cv: float = DEFAULT_CV,
                  class_defaults: WorkloadArg | None = None,
-                 max_time_s: float | None = None) -> dict[str, Any]:
-    """Simulate one run and return its result object.
+                 max_time_s: float | None = None, per_request: bool = False) -> dict[str, Any]:
+    """Simulate one run and return its result object (with one row per request when
+    `per_request`).
 
     `workload` is a preset name, a workload JSON file, a `Workload`, or a `.jsonl` trace (whose
     arrival times are used as they are; `rate`, `arrival` and `num_requests` are then ignored
@@ -58,13 +59,13 @@ def simulate_run(workload: WorkloadArg, policy_name: str, rate: float | None = 1
                            num_requests=num_requests, seed=seed, latency_model=model, cv=cv,
                            class_defaults=class_defaults)  # type: ignore[arg-type]
     return run_traffic(traffic, policy_name, model, policy_options, config,
-                       max_time_s=max_time_s)
+                       max_time_s=max_time_s, per_request=per_request)
 
 
 def run_traffic(traffic: Traffic, policy_name: str, latency_model: LatencyModel,
                 policy_options: Mapping[str, Any] | None = None,
                 config: SchedulerConfig | None = None, *,
-                max_time_s: float | None = None) -> dict[str, Any]:
+                max_time_s: float | None = None, per_request: bool = False) -> dict[str, Any]:
     """Serve `traffic` in the simulator under one policy; the run's result object."""
     config = config or scheduler_config_for(latency_model)
     policy = make_policy(policy_name, latency_model, config, dict(policy_options or {}))
@@ -79,7 +80,8 @@ def run_traffic(traffic: Traffic, policy_name: str, latency_model: LatencyModel,
         policy_options=policy.options.to_dict(), workload=traffic.workload,
         arrival=traffic.arrival, rate_rps=traffic.rate_rps, arrival_cv=traffic.cv,
         seed=traffic.seed, model=latency_model.model, device=latency_model.device,
-        latency_model=latency_model.name, class_order=traffic.class_order)
+        latency_model=latency_model.name, class_order=traffic.class_order,
+        per_request=per_request)
 
 
 @dataclass(frozen=True)
