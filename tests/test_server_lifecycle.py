@@ -6,6 +6,7 @@ iterations that keep failing make /health answer 503 and the process exit non-ze
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
 import time
@@ -25,18 +26,40 @@ def body(max_tokens: int, **extra: Any) -> dict[str, Any]:
             "temperature": 0.0, "ignore_eos": True, **extra}
 
 
-def test_sigterm_drains_then_exits_zero() -> None:
-    srv = ServerProcess(["--drain-timeout", "3"])
+async def read_stream(c: httpx.AsyncClient, request: dict[str, Any],
+                      started: asyncio.Event) -> dict[str, Any]:
+    """A streaming request: its text, finish reason or final error, and whether [DONE] came."""
+    out: dict[str, Any] = {"text": "", "finish_reason": None, "error": None, "done": False}
+    async with c.stream("POST", "/v1/completions", json={**request, "stream": True}) as r:
+        assert r.status_code == 200, await r.aread()
+        async for line in r.aiter_lines():
+            if line == "data: [DONE]":
+                out["done"] = True
+            elif line.startswith("data: "):
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    out["error"] = chunk["error"]
+                else:
+                    out["text"] += chunk["choices"][0]["text"]
+                    out["finish_reason"] = chunk["choices"][0]["finish_reason"]
+                started.set()
+    return out
+
+
+def drain_run(drain_timeout_s: int, second_signal: bool) -> tuple[list[dict], list[int], str]:
+    """Three short and three long streams in flight, then SIGTERM; with `second_signal`, the
+    short ones are let finish first and a second SIGTERM cuts the drain short."""
+    srv = ServerProcess(["--drain-timeout", str(drain_timeout_s)])
     try:
         srv.wait_ready()
 
         async def main() -> tuple[list[dict[str, Any]], list[int]]:
-            async with httpx.AsyncClient(base_url=srv.url, timeout=120) as c:
-                short = [asyncio.create_task(stream_completion(c, body(4))) for _ in range(3)]
-                long = [asyncio.create_task(stream_completion(c, body(900))) for _ in range(3)]
-                await asyncio.sleep(0.5)
+            async with httpx.AsyncClient(base_url=srv.url, timeout=600) as c:
+                flags = [asyncio.Event() for _ in range(6)]
+                tasks = [asyncio.create_task(read_stream(c, body(4 if i < 3 else 1000), e))
+                         for i, e in enumerate(flags)]
+                await asyncio.gather(*(e.wait() for e in flags))  # all six are streaming
                 srv.signal(signal.SIGTERM)
-                await asyncio.sleep(0.3)
                 late = []
                 for _ in range(3):  # new requests while draining: 503 (or refused once gone)
                     try:
@@ -45,19 +68,37 @@ def test_sigterm_drains_then_exits_zero() -> None:
                         assert r.json()["error"]["code"] == "shutting_down"
                     except httpx.TransportError:
                         late.append(-1)
-                return list(await asyncio.gather(*short, *long)), late
+                if second_signal:
+                    await asyncio.gather(*tasks[:3])
+                    srv.signal(signal.SIGTERM)
+                return list(await asyncio.gather(*tasks)), late
 
         results, late = asyncio.run(main())
-        code = srv.proc.wait(timeout=60)
+        code = srv.proc.wait(timeout=120)
     finally:
         srv.stop()
     assert code == 0, srv.output()
     assert all(status in (503, -1) for status in late), late
-    for result in results[:3]:  # short ones finished normally
-        assert result["last"]["choices"][0]["finish_reason"] == "length", result
-    for result in results[3:]:  # long ones were cut at the drain timeout, with a final event
-        assert result["status"] == 200 and result["error"]["code"] == "shutting_down", result
-    assert "draining" in srv.output()
+    for result in results:  # every stream has its end, and [DONE]
+        assert result["done"] and (result["finish_reason"] or result["error"]), result
+    return results, late, srv.output()
+
+
+def test_sigterm_lets_in_flight_requests_finish_then_a_second_signal_aborts_the_rest() -> None:
+    results, _, output = drain_run(600, second_signal=True)
+    for result in results[:3]:  # finished normally during the drain
+        assert result["finish_reason"] == "length" and result["error"] is None, result
+    for result in results[3:]:  # cut by the second signal, with a final event
+        assert result["error"]["code"] == "shutting_down", result
+    assert "draining" in output and "second signal" in output
+
+
+def test_sigterm_with_no_drain_time_aborts_everything_with_a_final_event() -> None:
+    results, _, output = drain_run(0, second_signal=False)
+    assert all(r["error"] and r["error"]["code"] == "shutting_down" or r["finish_reason"]
+               for r in results)
+    assert any(r["error"] for r in results[3:]), results
+    assert "aborted" in output
 
 
 def test_a_failed_iteration_fails_its_requests_and_the_server_recovers() -> None:
