@@ -22,7 +22,10 @@ PROMPTS = ["Hello", "The capital of France is", "Once upon a time", "1, 2, 3,", 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    srv = ServerProcess(["--max-queued-requests", "40", "--max-num-seqs", "64"])
+    # float32: a row's arithmetic does not depend on its batch, so outputs can be compared
+    # exactly with each request served alone.
+    srv = ServerProcess(["--max-queued-requests", "40", "--max-num-seqs", "64",
+                         "--dtype", "float32"])
     try:
         srv.wait_ready()
         yield srv
@@ -103,10 +106,27 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def measure_capacity_rps(url: str, max_tokens: int) -> float:
+    """Requests per second the server completes with 8 clients back to back."""
+    async def main() -> float:
+        async with httpx.AsyncClient(base_url=url, timeout=300) as c:
+            async def loop(k: int) -> None:
+                for j in range(3):
+                    r = await c.post("/v1/completions", json=greedy(k + j, max_tokens))
+                    assert r.status_code == 200, r.text
+            start = time.perf_counter()
+            await asyncio.gather(*(loop(k) for k in range(8)))
+            return 24 / (time.perf_counter() - start)
+    return asyncio.run(main())
+
+
 def test_overload_accounts_for_every_request(server: ServerProcess) -> None:
-    """About 10x what the device sustains, for a bounded time (the sustainable rate of
-    8-token requests here is a few per second; 40/s are sent for 4 s)."""
+    """10x the rate the server sustains (measured first, 32-token requests), for 2 s."""
     url = server.url
+    max_tokens = 32
+    capacity = measure_capacity_rps(url, max_tokens)
+    rate = min(10 * capacity, 200.0)
+    count = max(40, int(rate * 2.0))
     before = {name: sum(metric_values(url, f"sliceserve:{name}").values())
               for name in ("request_success_total", "request_rejected_total")}
     rss_start = rss_kib(server.proc.pid)
@@ -115,7 +135,7 @@ def test_overload_accounts_for_every_request(server: ServerProcess) -> None:
     outcomes: dict[str, int] = {}
 
     async def one(c: httpx.AsyncClient, i: int) -> None:
-        body = greedy(i, 8)
+        body = greedy(i, max_tokens)
         if i % 5 == 0:
             body["slo_class"] = "control"
         kind = "completed"
@@ -140,18 +160,18 @@ def test_overload_accounts_for_every_request(server: ServerProcess) -> None:
             r = await c.get("/health")
             health.append(r.status_code)
             rss.append(rss_kib(server.proc.pid))
-            assert time.monotonic() - t < 5.0, "health took more than 5 s"
+            assert time.monotonic() - t < 10.0, "health took more than 10 s"
             await asyncio.sleep(0.2)
 
     async def main() -> int:
-        limits = httpx.Limits(max_connections=400)
+        limits = httpx.Limits(max_connections=500)
         async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as c:
             stop = asyncio.Event()
             prober = asyncio.create_task(probe(c, stop))
             tasks = []
-            for i in range(160):  # 40 per second for 4 s
+            for i in range(count):
                 tasks.append(asyncio.create_task(one(c, i)))
-                await asyncio.sleep(0.025)
+                await asyncio.sleep(1.0 / rate)
             await asyncio.gather(*tasks)
             stop.set()
             await prober
@@ -160,7 +180,8 @@ def test_overload_accounts_for_every_request(server: ServerProcess) -> None:
     sent = asyncio.run(main())
     assert sum(outcomes.values()) == sent
     assert not [k for k in outcomes if k.startswith("client error")], outcomes
-    assert outcomes.get("completed", 0) > 0 and outcomes.get("queue_full", 0) > 0, outcomes
+    assert outcomes.get("completed", 0) > 0 and outcomes.get("queue_full", 0) > 0, (
+        outcomes, capacity)
     assert set(outcomes) <= {"completed", "queue_full", "slo_infeasible"}, outcomes
     wait_until_idle(url)
     after = {name: sum(metric_values(url, f"sliceserve:{name}").values())

@@ -23,12 +23,12 @@ from typing import Any, TypeVar
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from sliceserve.engine.async_engine import CODE_SHUTDOWN, EngineStepError
+from sliceserve.engine.async_engine import CODE_SHUTDOWN, EngineNotRunning, EngineStepError
 from sliceserve.engine.outputs import RequestOutput
 from sliceserve.request import CODE_CONTEXT_LENGTH, CODE_KV_CAPACITY, SamplingParams
 from sliceserve.server.errors import APIError, bad_request
 from sliceserve.server.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest
-from sliceserve.server.responses import DONE, Shape, sse, usage
+from sliceserve.server.responses import DONE, Shape, slo_report, sse, usage
 from sliceserve.server.runtime_state import ServerState
 
 T = TypeVar("T")
@@ -166,13 +166,16 @@ async def generate(state: ServerState, http: Request, body: GenerationRequest) -
             first = await _or_disconnect(stream.__anext__(), http)
         except EngineStepError as e:
             raise _engine_error(e) from None
+        except EngineNotRunning:
+            raise APIError(503, "the server is shutting down", code="shutting_down",
+                           type_="service_unavailable") from None
         if first.finished and first.status != "completed":
             raise _refusal(first, state)
         if body.stream:
             events = _events(first, stream, shape, body, ticket)
+            response = _EventStream(events, _closer(stream, ticket))
             ticket = None  # the event stream ends it
-            return StreamingResponse(events, media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+            return response
         final = first
         try:
             if not first.finished:
@@ -187,6 +190,31 @@ async def generate(state: ServerState, http: Request, body: GenerationRequest) -
     finally:
         if ticket is not None:
             ticket.end()
+
+
+class _EventStream(StreamingResponse):
+    """Server-sent events that release their request however the response ends, even when
+    the client left before the first event was sent (the generator never ran then)."""
+
+    def __init__(self, events: AsyncIterator[str], close: Any) -> None:
+        super().__init__(events, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache"})
+        self._close = close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._close()
+
+
+def _closer(stream: AsyncIterator[RequestOutput], ticket: Any) -> Any:
+    async def close() -> None:
+        try:
+            await stream.aclose()  # type: ignore[attr-defined]  # aborts it if unfinished
+        finally:
+            ticket.end()
+    return close
 
 
 async def _last(stream: AsyncIterator[RequestOutput]) -> RequestOutput:
@@ -216,8 +244,6 @@ async def _events(first: RequestOutput, stream: AsyncIterator[RequestOutput], sh
                 sent_role = True
             out = await stream.__anext__()
         if out.status == "completed":
-            from sliceserve.server.responses import slo_report
-
             report = slo_report(out)
             yield sse(shape.chunk(out.delta_text, str(out.finish_reason),
                                   first=shape.chat and not sent_role,
