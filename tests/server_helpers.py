@@ -2,7 +2,9 @@
 
 The server binds port 0 (a free port, read back from its `listening on` line) and runs the
 embedded SmolLM2 with a small context and KV cache so each start is quick; the latency model
-is the profile in docs/bench (no calibration at start). One process per test module.
+is the profile in docs/bench (no calibration at start). One torch thread: the test client
+shares the cores, and two compute threads on an oversubscribed machine wait for each other at
+every parallel region. One process per test module.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class ServerProcess:
         cmd = list(python_args) if python_args is not None else [
             sys.executable, "-m", "sliceserve.cli", "serve"]
         cmd += ["--port", "0", "--latency-model", str(PROFILE), "--max-model-len", "1024",
-                "--kv-cache-memory-gb", "0.05", "--threads", "2", *args]
+                "--kv-cache-memory-gb", "0.05", "--threads", "1", *args]
         self.log = open(self.log_path, "w+")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
                                      cwd=REPO, env={**os.environ, **(env or {})},

@@ -58,7 +58,16 @@ def drain_run(drain_timeout_s: int, second_signal: bool) -> tuple[list[dict], li
                 flags = [asyncio.Event() for _ in range(6)]
                 tasks = [asyncio.create_task(read_stream(c, body(4 if i < 3 else 1000), e))
                          for i, e in enumerate(flags)]
-                await asyncio.gather(*(e.wait() for e in flags))  # all six are streaming
+                async def started(flag: asyncio.Event, task: asyncio.Task) -> None:
+                    waiter = asyncio.ensure_future(flag.wait())
+                    await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+                    if task.done():
+                        task.result()  # a stream that failed before streaming: its error
+
+                # all six are streaming (bounded: a broken stream must not hang the suite)
+                await asyncio.wait_for(asyncio.gather(*(started(e, t) for e, t in zip(
+                    flags, tasks))), timeout=600)
                 srv.signal(signal.SIGTERM)
                 late = []
                 for _ in range(3):  # new requests while draining: 503 (or refused once gone)
