@@ -69,6 +69,13 @@ def drain_run(drain_timeout_s: int, second_signal: bool) -> tuple[list[dict], li
                 await asyncio.wait_for(asyncio.gather(*(started(e, t) for e, t in zip(
                     flags, tasks))), timeout=600)
                 srv.signal(signal.SIGTERM)
+                for _ in range(600):  # until the server says it drains (or is gone)
+                    try:
+                        if (await c.get("/health")).status_code == 503:
+                            break
+                    except httpx.TransportError:
+                        break
+                    await asyncio.sleep(0.05)
                 late = []
                 for _ in range(3):  # new requests while draining: 503 (or refused once gone)
                     try:
