@@ -15,9 +15,9 @@
 Bad input ends with one line `error: ...` on stderr and exit status 2, never a traceback.
 
 The package: `common` (checks, parsers, shared options, output), `sim_commands` (simulate,
-sweep, show, workload, policies), `model_commands` (profile, run), `bench_commands` (bench);
-this module builds the app from them and holds the entry point, `main` (also
-`python -m sliceserve.cli`).
+sweep, show, workload, policies), `model_commands` (profile, run), `bench_commands` (bench),
+`serve_command` (serve); this module builds the app from them and holds the entry point,
+`main` (also `python -m sliceserve.cli`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,14 @@ from typing import Annotated
 import typer
 
 from sliceserve.cli.common import OPTION_HELP, BadInput, parse_policy_options
-from sliceserve.cli.model_commands import MODEL_DTYPES, DeviceOpt, ModelOpt, ThreadsOpt
+from sliceserve.cli.model_commands import (
+    DeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    QuantOpt,
+    ThreadsOpt,
+    _check_model_options,
+)
 
 
 def serve(
@@ -34,7 +41,8 @@ def serve(
     infeasible: Annotated[str, typer.Option(
         help="a request the policy predicts cannot meet its SLO: 'reject' (429 slo_infeasible)"
         " or 'best-effort' (served anyway)")] = "reject",
-    dtype: Annotated[str, typer.Option(help="bfloat16, float16 or float32")] = "bfloat16",
+    dtype: DtypeOpt = "auto",
+    quantization: QuantOpt = "none",
     device: DeviceOpt = "cpu",
     kv_cache_memory_gb: Annotated[float | None, typer.Option(
         "--kv-cache-memory-gb", help="KV cache memory budget, GB")] = None,
@@ -55,10 +63,7 @@ def serve(
     from sliceserve.server.config import ServerConfig
     from sliceserve.server.runtime import serve as run_server
 
-    if dtype not in MODEL_DTYPES:
-        raise BadInput(f"--dtype must be one of {', '.join(MODEL_DTYPES)}, got {dtype!r}")
-    if threads is not None and threads < 1:
-        raise BadInput(f"--threads must be >= 1, got {threads}")
+    _check_model_options(dtype, threads, None, quantization)
     if kv_cache_memory_gb is not None and not kv_cache_memory_gb > 0:
         raise BadInput(f"--kv-cache-memory-gb must be > 0, got {kv_cache_memory_gb}")
     if max_queued_requests < -1:
@@ -70,7 +75,7 @@ def serve(
         served_model_names=tuple(served_model_name or ()), max_num_seqs=max_num_seqs,
         max_queued_requests=None if max_queued_requests == -1 else max_queued_requests,
         infeasible=infeasible,  # type: ignore[arg-type]
-        drain_timeout_s=drain_timeout, dtype=dtype, device=device,
+        drain_timeout_s=drain_timeout, dtype=dtype, quantization=quantization, device=device,
         kv_cache_memory_gb=kv_cache_memory_gb, max_model_len=max_model_len,
         num_threads=threads, latency_model=latency_model, max_body_bytes=max_request_bytes,
         retry_after_s=retry_after, log_level=log_level)

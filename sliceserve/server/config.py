@@ -24,7 +24,8 @@ class ServerConfig:
     max_queued_requests: int | None = 256  # None: unbounded
     infeasible: Literal["reject", "best-effort"] = "reject"
     drain_timeout_s: float = 30.0
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # the format measured fastest on this device (model/precision.py)
+    quantization: str = "none"  # or "int8": weight-only int8 linears (CPU)
     device: str = "cpu"
     kv_cache_memory_gb: float | None = None
     max_model_len: int | None = None

@@ -138,7 +138,8 @@ class Runtime:
 
         cfg = self.config
         live = build_engine(cfg.model, cfg.policy, dict(cfg.policy_options), dtype=cfg.dtype,
-                            device=cfg.device, kv_cache_memory_gb=cfg.kv_cache_memory_gb,
+                            quantization=cfg.quantization, device=cfg.device,
+                            kv_cache_memory_gb=cfg.kv_cache_memory_gb,
                             max_model_len=cfg.max_model_len, max_num_seqs=cfg.max_num_seqs,
                             latency_model=cfg.latency_model, num_threads=cfg.num_threads,
                             **self._backend_options())
