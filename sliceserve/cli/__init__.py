@@ -10,13 +10,14 @@
         --trace-out edge.jsonl --latency-model profile.json
     sliceserve bench --base-url http://127.0.0.1:8000 --system vllm -w edge --load 1.5 \
         -n 200 --latency-model profile.json --out vllm.json
+    sliceserve serve --port 8000 --api-key KEY       # the OpenAI-compatible server
 
 Bad input ends with one line `error: ...` on stderr and exit status 2, never a traceback.
 
 The package: `common` (checks, parsers, shared options, output), `sim_commands` (simulate,
-sweep, show, workload, policies), `model_commands` (profile, run), `bench_commands` (bench);
-this module builds the app from them and holds the entry point, `main` (also
-`python -m sliceserve.cli`).
+sweep, show, workload, policies), `model_commands` (profile, run), `bench_commands` (bench),
+`serve_command` (serve); this module builds the app from them and holds the entry point,
+`main` (also `python -m sliceserve.cli`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from sliceserve.cli.common import (
     parse_policy_options,
 )
 from sliceserve.cli.model_commands import MODEL_DTYPES, profile, run
+from sliceserve.cli.serve_command import serve
 from sliceserve.cli.sim_commands import METRICS, policies, show, simulate, sweep, workload
 
 try:  # recent typer vendors click as typer._click; older versions raise click's own
@@ -46,7 +48,7 @@ except ImportError:  # pragma: no cover - depends on the installed typer
 __all__ = [
     "EXIT_BAD_INPUT", "LATENCY_HELP", "METRICS", "MODEL_DTYPES", "OPTION_HELP", "WORKLOAD_HELP",
     "BadInput", "app", "main", "parse_policy_options",
-    "simulate", "sweep", "show", "workload", "policies", "profile", "run", "bench",
+    "simulate", "sweep", "show", "workload", "policies", "profile", "run", "bench", "serve",
 ]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -54,7 +56,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                        "policies, profile a model on this device, serve workloads live.")
 
 # Registered here, in this order (the order of `sliceserve --help`).
-for _command in (simulate, sweep, show, workload, policies, profile, run, bench):
+for _command in (simulate, sweep, show, workload, policies, profile, run, bench, serve):
     app.command()(_command)
 del _command
 

@@ -31,11 +31,11 @@ import asyncio
 import itertools
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sliceserve.core.plan import StepOutput
 from sliceserve.engine.build import DEFAULT_SLO, LiveEngine
+from sliceserve.engine.commands import _Abort, _Add, _Call, settle_threadsafe
 from sliceserve.engine.engine import Engine, StepError
 from sliceserve.engine.outputs import OutputProcessor, RequestOutput
 from sliceserve.request import CODE_ABORTED, SLO, Request, SamplingParams
@@ -55,25 +55,6 @@ class EngineStepError(RuntimeError):
 
 class EngineNotRunning(RuntimeError):
     """`generate` was called before `start()` or after `shutdown()`."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Add:
-    request: Request
-    prompt: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Abort:
-    request_id: str
-    detail: str
-    code: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    fn: Callable[[Engine], Any]
-    future: asyncio.Future[Any]
 
 
 class AsyncEngine:
@@ -271,7 +252,7 @@ class AsyncEngine:
                 result, error = command.fn(self.engine), None
             except Exception as e:  # noqa: BLE001 - handed to the caller
                 result, error = None, e
-            self._resolve(command.future, result, error)
+            settle_threadsafe(self._loop, command.future, result, error)
             return
         request = command.request
         try:
@@ -280,21 +261,6 @@ class AsyncEngine:
         except Exception as error:  # noqa: BLE001 - this request's error, not the engine's
             self._processor.discard(request.request_id)
             self._push(request.request_id, error, final=True)
-
-    def _resolve(self, future: asyncio.Future[Any], result: Any,
-                 error: BaseException | None) -> None:
-        def settle() -> None:
-            if future.done():
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
-        if self._loop is not None:
-            try:
-                self._loop.call_soon_threadsafe(settle)
-            except RuntimeError:
-                pass
 
     def _deliver(self, touched: list[Request]) -> None:
         """Outputs for requests with new tokens and for every request that ended. An error

@@ -1,0 +1,245 @@
+"""HTTP overhead and soak of `sliceserve serve` on loopback (docs/BENCHMARKS.md, "Server").
+
+    overhead: C concurrent streaming clients (closed loop) on SmolLM2; per request, the
+              client's TTFT (request sent -> first text chunk) and TPOT ((last chunk - first
+              chunk) / (tokens - 1)) against the engine's own figures for the same request
+              (its slo_report: engine clock, arrival = when the engine got it).
+    soak:     Poisson arrivals at a fixed rate for a fixed time; resident memory of the
+              server sampled every 10 s; every request must complete (zero errors).
+
+    .venv/bin/python scripts/bench_http.py overhead --clients 16 --requests 8 --out X.json
+    .venv/bin/python scripts/bench_http.py soak --rate 2 --minutes 20 --out Y.json
+
+The server is started by the script (a subprocess, port 0) with the profile in docs/bench as
+latency model, and stopped with SIGTERM at the end (its exit status is recorded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = REPO / "docs" / "bench" / "profile_smollm2.json"
+MODEL = "smollm2-135m"
+WORDS = ("robot arm moves left then right sensor reads distance camera sees a red box "
+         "battery level is fine path ahead is clear").split()
+
+
+def cpu_name() -> str:
+    text = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"model name\s*:\s*(.*)", text)
+    flags = re.search(r"flags\s*:\s*(.*)", text)
+    have = set(flags.group(1).split()) if flags else set()
+    marks = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in have]
+    return f"{model.group(1).strip() if model else platform.processor()} ({' '.join(marks)})"
+
+
+def start_server(args: list[str]) -> tuple[subprocess.Popen, str, Path]:
+    log = Path(f"/tmp/bench-http-{time.time_ns()}.log")
+    f = open(log, "w")  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen([sys.executable, "-m", "sliceserve.cli", "serve", "--port", "0",
+                             "--latency-model", str(PROFILE), *args], stdout=f,
+                            stderr=subprocess.STDOUT, cwd=REPO)
+    deadline = time.monotonic() + 900
+    url = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited:\n{log.read_text()}")
+        text = log.read_text()
+        if url is None and (m := re.search(r"listening on (http://\S+)", text)):
+            url = m.group(1)
+        if url is not None:
+            try:
+                if httpx.get(url + "/health", timeout=5).status_code == 200:
+                    return proc, url, log
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.2)
+    raise SystemExit("server not ready")
+
+
+def stop_server(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=120)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def prompt(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(words))
+
+
+async def one_request(client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+    """Stream one completion; client-side times (perf_counter) and the final report."""
+    sent = time.perf_counter()
+    chunk_times: list[float] = []
+    report = usage = error = None
+    async with client.stream("POST", "/v1/completions", json=body) as r:
+        if r.status_code != 200:
+            return {"error": f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"}
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            now = time.perf_counter()
+            if "error" in chunk:
+                error = chunk["error"]
+                break
+            if chunk.get("choices") and chunk["choices"][0]["text"]:
+                chunk_times.append(now)
+            report = chunk.get("slo_report", report)
+            usage = chunk.get("usage") or usage
+    if error or report is None or usage is None or not chunk_times:
+        return {"error": error or "incomplete stream"}
+    n = usage["completion_tokens"]
+    ttft = (chunk_times[0] - sent) * 1000.0
+    tpot = (chunk_times[-1] - chunk_times[0]) * 1000.0 / (n - 1) if n > 1 else 0.0
+    return {"client_ttft_ms": ttft, "client_tpot_ms": tpot, "engine_ttft_ms": report["ttft_ms"],
+            "engine_tpot_ms": report["tpot_ms"], "tokens": n, "chunks": len(chunk_times)}
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {"median": statistics.median(ordered), "min": ordered[0], "max": ordered[-1],
+            "p90": ordered[int(0.9 * (len(ordered) - 1))]}
+
+
+async def overhead(url: str, clients: int, per_client: int, max_tokens: int,
+                   seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    results: list[dict[str, Any]] = []
+
+    async def client_loop(c: httpx.AsyncClient, k: int) -> None:
+        for _ in range(per_client):
+            body = {"model": MODEL, "prompt": prompt(rng, 48), "max_tokens": max_tokens,
+                    "temperature": 0.0, "ignore_eos": True, "stream": True,
+                    "stream_options": {"include_usage": True}}
+            results.append(await one_request(c, body))
+
+    limits = httpx.Limits(max_connections=clients * 2)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as c:
+        await asyncio.gather(*(client_loop(c, k) for k in range(clients)))
+    return results
+
+
+def run_overhead(a: argparse.Namespace) -> dict[str, Any]:
+    proc, url, _ = start_server(["--policy", a.policy, "--max-queued-requests", "-1"])
+    try:
+        asyncio.run(overhead(url, 4, 1, 8, seed=99))  # warm-up, not counted
+        started = time.perf_counter()
+        results = asyncio.run(overhead(url, a.clients, a.requests, a.max_tokens, a.seed))
+        wall_s = time.perf_counter() - started
+    finally:
+        code = stop_server(proc)
+    ok = [r for r in results if "error" not in r]
+    d_ttft = [r["client_ttft_ms"] - r["engine_ttft_ms"] for r in ok]
+    d_tpot = [r["client_tpot_ms"] - r["engine_tpot_ms"] for r in ok]
+    rel_ttft = [d / r["engine_ttft_ms"] for d, r in zip(d_ttft, ok)]
+    rel_tpot = [d / r["engine_tpot_ms"] for d, r in zip(d_tpot, ok)]
+    return {"kind": "http_overhead", "cpu": cpu_name(), "policy": a.policy,
+            "clients": a.clients, "requests": len(results), "errors": len(results) - len(ok),
+            "max_tokens": a.max_tokens, "wall_s": wall_s, "server_exit": code,
+            "client_ttft_ms": summary([r["client_ttft_ms"] for r in ok]),
+            "engine_ttft_ms": summary([r["engine_ttft_ms"] for r in ok]),
+            "client_tpot_ms": summary([r["client_tpot_ms"] for r in ok]),
+            "engine_tpot_ms": summary([r["engine_tpot_ms"] for r in ok]),
+            "ttft_diff_ms": summary(d_ttft), "tpot_diff_ms": summary(d_tpot),
+            "ttft_diff_rel": summary(rel_ttft), "tpot_diff_rel": summary(rel_tpot),
+            "per_request": ok}
+
+
+def run_soak(a: argparse.Namespace) -> dict[str, Any]:
+    proc, url, _ = start_server(["--policy", a.policy, "--max-queued-requests", "-1"])
+    rng = random.Random(a.seed)
+    samples: list[tuple[float, float]] = []
+    results: list[dict[str, Any]] = []
+    duration_s = a.minutes * 60.0
+
+    async def main() -> None:
+        limits = httpx.Limits(max_connections=256)
+        async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as c:
+            start = time.monotonic()
+            tasks: list[asyncio.Task[None]] = []
+            next_sample = start
+
+            async def send() -> None:
+                body = {"model": MODEL, "prompt": prompt(rng, rng.randint(16, 96)),
+                        "max_tokens": rng.randint(16, a.max_tokens), "temperature": 0.7,
+                        "stream": True, "stream_options": {"include_usage": True}}
+                results.append(await one_request(c, body))
+
+            t = start
+            while t - start < duration_s:
+                t += rng.expovariate(a.rate)
+                while time.monotonic() < t:
+                    now = time.monotonic()
+                    if now >= next_sample:
+                        samples.append((now - start, rss_mib(proc.pid)))
+                        next_sample += 10.0
+                    await asyncio.sleep(min(0.5, max(0.0, t - now)))
+                tasks.append(asyncio.create_task(send()))
+            await asyncio.gather(*tasks)
+            samples.append((time.monotonic() - start, rss_mib(proc.pid)))
+
+    try:
+        asyncio.run(main())
+    finally:
+        code = stop_server(proc)
+    warm = [m for t, m in samples if t >= a.warmup_s]
+    errors = [r["error"] for r in results if "error" in r]
+    return {"kind": "soak", "cpu": cpu_name(), "policy": a.policy, "rate_rps": a.rate,
+            "minutes": a.minutes, "requests": len(results), "errors": len(errors),
+            "error_examples": errors[:5], "server_exit": code, "warmup_s": a.warmup_s,
+            "rss_mib_after_warmup": warm[0] if warm else None,
+            "rss_mib_end": samples[-1][1] if samples else None,
+            "rss_mib_max_after_warmup": max(warm) if warm else None,
+            "rss_growth_after_warmup": (max(warm) - warm[0]) / warm[0] if warm else None,
+            "rss_samples": samples,
+            "client_ttft_ms": summary([r["client_ttft_ms"] for r in results if "error" not in r]),
+            "client_tpot_ms": summary([r["client_tpot_ms"] for r in results if "error" not in r])}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("mode", choices=["overhead", "soak"])
+    p.add_argument("--policy", default="slice")
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--requests", type=int, default=8, help="per client (overhead)")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--rate", type=float, default=2.0, help="requests/s (soak)")
+    p.add_argument("--minutes", type=float, default=20.0, help="soak length")
+    p.add_argument("--warmup-s", type=float, default=120.0, help="soak: memory counted after")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path)
+    a = p.parse_args()
+    result = run_overhead(a) if a.mode == "overhead" else run_soak(a)
+    text = json.dumps(result, indent=1)
+    brief = {k: v for k, v in result.items() if k not in ("per_request", "rss_samples")}
+    print(json.dumps(brief, indent=1))
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(text + "\n")
+        print(f"wrote {a.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
