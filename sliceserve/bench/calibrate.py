@@ -18,7 +18,6 @@ from typing import Any
 from sliceserve.core.plan import ExecuteResult, Plan
 from sliceserve.engine.engine import Executor
 from sliceserve.latency_model import LatencyModel
-from sliceserve.sim.sim_executor import plan_shape
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +39,7 @@ class IterationRecorder:
     def execute(self, plan: Plan) -> ExecuteResult:
         result = self.executor.execute(plan)
         if plan.chunks:
-            self.iterations.append(Iteration(*plan_shape(plan), result.duration_s * 1000.0))
+            self.iterations.append(Iteration(*plan.shape(), result.duration_s * 1000.0))
         return result
 
 
