@@ -1,0 +1,163 @@
+"""SLICE against the SLO-aware state of the art (scorpio, andes, vllm-priority(-preempt),
+sglang-priority; vllm FCFS as the common reference), in simulation.
+
+For each scenario (a workload on a latency model) it finds the device's saturation rate (the
+arrival rate at which the requests' work, priced at the model's most efficient batching, fills
+the device), sweeps every policy over multiples of it on identical traffic (same seed), and
+prints Markdown tables: each metric per policy and rate, SLICE over the best SOTA baseline,
+and capacity at 90% SLO attainment. Result files (the RESULTS.md schema) go to --out.
+
+    .venv/bin/python scripts/sota_experiment.py --num-requests 1000 --out docs/sota
+    .venv/bin/python scripts/sota_experiment.py --scenario edge:slow --multipliers 1.5,3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sliceserve.latency_model import LatencyModel
+from sliceserve.metrics.results import capacity_rps, write_results
+from sliceserve.sim.run import sweep
+from sliceserve.workloads import make_traffic
+
+SOTA = ["scorpio", "andes", "vllm-priority", "vllm-priority-preempt", "sglang-priority"]
+POLICIES = ["vllm", *SOTA, "slice"]
+MULTIPLIERS = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0]
+LATENCY_MODELS = {
+    "paper": "paper",
+    "device": "docs/bench/profile_smollm2.json",  # this machine's profile (BENCHMARKS.md)
+    "slow": "/work/shared/data/latency/avx2-epyc-smollm2-bf16.json",
+}
+SCENARIOS = ["paper:paper", "edge:paper", "paper:device", "edge:device", "edge:slow"]
+METRICS = [("utility_attainment", "utility attainment"), ("slo_attainment", "SLO attainment"),
+           ("qoe_mean", "mean QoE (Andes)"), ("scorpio_goodput_rps", "goodput, req/s (SCORPIO)")]
+MAX_BATCH_FOR_SATURATION = 16
+
+
+def saturation_rps(workload: str, model: LatencyModel) -> float:
+    """Requests/s whose work fills the device: per request, its prompt's extra cost in a
+    batch plus its output tokens at the cheapest decode cost per token (batches up to 16)."""
+    traffic = make_traffic(workload, rate_rps=1.0, num_requests=2000, seed=12345,
+                           latency_model=model)
+    per_token_ms = min(model.decode_latency_ms(k) / k
+                       for k in range(1, MAX_BATCH_FOR_SATURATION + 1))
+    total_ms = 0.0
+    for spec in traffic.requests:
+        total_ms += model.chunk_extra_ms(spec.num_prompt_tokens)
+        total_ms += spec.num_output_tokens * per_token_ms
+    return 1000.0 * len(traffic.requests) / total_ms
+
+
+def find(runs: list[dict[str, Any]], policy: str, rate: float) -> dict[str, Any] | None:
+    return next((r for r in runs if r["policy"] == policy and r["rate_rps"] == rate), None)
+
+
+def fmt(value: float | None, key: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if key.endswith("_rps") else f"{100 * value:.1f}%"
+
+
+def metric_table(runs: list[dict[str, Any]], policies: list[str], rates: list[float],
+                 multipliers: list[float], key: str) -> str:
+    head = "| policy | " + " | ".join(f"{m:g}x ({r:.3g})" for m, r in zip(multipliers, rates))
+    lines = [head + " |", "|" + "---|" * (len(rates) + 1)]
+    for p in policies:
+        cells = []
+        for rate in rates:
+            run = find(runs, p, rate)
+            cells.append("-" if run is None else fmt(run["summary"].get(key), key))
+        lines.append(f"| {'**slice**' if p == 'slice' else p} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def best_sota(runs: list[dict[str, Any]], rate: float, key: str) -> tuple[str, float]:
+    best = ("-", -1.0)
+    for p in SOTA:
+        run = find(runs, p, rate)
+        value = run["summary"].get(key) if run else None
+        if value is not None and value > best[1]:
+            best = (p, value)
+    return best
+
+
+def ratio_table(runs: list[dict[str, Any]], rates: list[float],
+                multipliers: list[float]) -> str:
+    lines = ["| load | metric | slice | best SOTA | slice / best |", "|---|---|---|---|---|"]
+    for m, rate in zip(multipliers, rates):
+        slice_run = find(runs, "slice", rate)
+        if slice_run is None:
+            continue
+        for key, label in METRICS:
+            name, value = best_sota(runs, rate, key)
+            mine = slice_run["summary"].get(key)
+            ratio = "-" if not value or mine is None else f"{mine / value:.2f}x"
+            lines.append(f"| {m:g}x | {label} | {fmt(mine, key)} | {fmt(value, key)} ({name}) "
+                         f"| {ratio} |")
+    return "\n".join(lines)
+
+
+def capacity_line(runs: list[dict[str, Any]], policies: list[str]) -> str:
+    parts = []
+    for p in policies:
+        cap = capacity_rps(runs, p, 0.9, "slo_attainment")
+        parts.append(f"{p} {cap:.3g}" if cap is not None else f"{p} <lowest")
+    return "capacity at 90% SLO attainment (requests/s): " + ", ".join(parts)
+
+
+def run_scenario(scenario: str, policies: list[str], multipliers: list[float], n: int,
+                 seed: int, jobs: int, options: dict[str, dict[str, Any]],
+                 online: bool) -> tuple[list[dict[str, Any]], list[float], float]:
+    workload, lm_key = scenario.split(":")
+    model = LatencyModel.load(LATENCY_MODELS.get(lm_key, lm_key))
+    sat = saturation_rps(workload, model)
+    rates = [round(m * sat, 4) for m in multipliers]
+    runs = sweep(workload, policies, rates, num_requests=n, seed=seed, latency_model=model,
+                 policy_options=options, jobs=jobs, online_latency=online)
+    return runs, rates, sat
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", action="append", help="WORKLOAD:LATENCY (repeatable); "
+                        f"latency: {', '.join(LATENCY_MODELS)} or a file")
+    parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument("--multipliers", default=",".join(f"{m:g}" for m in MULTIPLIERS))
+    parser.add_argument("--num-requests", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--option", action="append", default=[],
+                        help="POLICY.KEY=JSON, e.g. slice.rank=\"utility_rate\"")
+    parser.add_argument("--frozen-latency", action="store_true")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    policies = args.policies.split(",")
+    multipliers = [float(m) for m in args.multipliers.split(",")]
+    options: dict[str, dict[str, Any]] = {}
+    for item in args.option:
+        key, _, raw = item.partition("=")
+        policy, _, name = key.partition(".")
+        options.setdefault(policy, {})[name] = json.loads(raw)
+    for scenario in args.scenario or SCENARIOS:
+        start = time.time()
+        runs, rates, sat = run_scenario(scenario, policies, multipliers, args.num_requests,
+                                        args.seed, args.jobs, options, not args.frozen_latency)
+        print(f"\n## {scenario}: saturation {sat:.3g} requests/s, {args.num_requests} requests, "
+              f"seed {args.seed} ({time.time() - start:.0f} s)\n")
+        for key, label in METRICS:
+            print(f"{label}:\n\n{metric_table(runs, policies, rates, multipliers, key)}\n")
+        print(ratio_table(runs, rates, multipliers) + "\n")
+        print(capacity_line(runs, policies) + "\n")
+        if args.out:
+            write_results(args.out / f"{scenario.replace(':', '_')}_s{args.seed}.json", runs)
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
