@@ -4,17 +4,23 @@ sglang-priority; vllm FCFS as the common reference), in simulation.
 For each scenario (a workload on a latency model) it finds the device's saturation rate (the
 arrival rate at which the requests' work, priced at the model's most efficient batching, fills
 the device), sweeps every policy over multiples of it on identical traffic (same seed), and
-prints Markdown tables: each metric per policy and rate, SLICE over the best SOTA baseline,
-and capacity at 90% SLO attainment. Result files (the RESULTS.md schema) go to --out.
+prints Markdown tables: each metric per policy and rate (the median over the seeds, with
+their range), SLICE over the best SOTA baseline (medians), named classes' SLO attainment, and
+capacity at 90% SLO attainment (median over seeds at each rate). `--rates` gives absolute
+rates instead of multiples. Result files (the RESULTS.md schema) go to --out, one per
+scenario with every seed's runs.
 
     .venv/bin/python scripts/sota_experiment.py --num-requests 1000 --out docs/sota
     .venv/bin/python scripts/sota_experiment.py --scenario edge:slow --multipliers 1.5,3
+    .venv/bin/python scripts/sota_experiment.py --scenario edge:slow --rates 4 --seeds 0,1,2 \
+        --num-requests 60 --classes control
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,7 +37,7 @@ MULTIPLIERS = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0]
 LATENCY_MODELS = {
     "paper": "paper",
     "device": "docs/bench/profile_smollm2.json",  # this machine's profile (BENCHMARKS.md)
-    "slow": "/work/shared/data/latency/avx2-epyc-smollm2-bf16.json",
+    "slow": "avx2-epyc-smollm2",  # the slow AVX2 EPYC profile, a bundled preset
 }
 SCENARIOS = ["paper:paper", "edge:paper", "paper:device", "edge:device", "edge:slow"]
 METRICS = [("utility_attainment", "utility attainment"), ("slo_attainment", "SLO attainment"),
@@ -53,8 +59,23 @@ def saturation_rps(workload: str, model: LatencyModel) -> float:
     return 1000.0 * len(traffic.requests) / total_ms
 
 
-def find(runs: list[dict[str, Any]], policy: str, rate: float) -> dict[str, Any] | None:
-    return next((r for r in runs if r["policy"] == policy and r["rate_rps"] == rate), None)
+def values(runs: list[dict[str, Any]], policy: str, rate: float, key: str,
+           class_name: str | None = None) -> list[float]:
+    """`key` of `policy`'s runs at `rate` (one per seed), overall or of one class."""
+    out = []
+    for r in runs:
+        if r["policy"] != policy or r["rate_rps"] != rate:
+            continue
+        stats = r["summary"] if class_name is None else r["classes"].get(class_name)
+        if stats is not None and stats.get(key) is not None:
+            out.append(stats[key])
+    return out
+
+
+def median(runs: list[dict[str, Any]], policy: str, rate: float, key: str,
+           class_name: str | None = None) -> float | None:
+    data = values(runs, policy, rate, key, class_name)
+    return statistics.median(data) if data else None
 
 
 def fmt(value: float | None, key: str) -> str:
@@ -63,24 +84,34 @@ def fmt(value: float | None, key: str) -> str:
     return f"{value:.3f}" if key.endswith("_rps") else f"{100 * value:.1f}%"
 
 
+def fmt_spread(data: list[float], key: str) -> str:
+    if not data:
+        return "-"
+    mid, low, high = statistics.median(data), min(data), max(data)
+    if len(data) == 1 or low == high:
+        return fmt(mid, key)
+    if key.endswith("_rps"):
+        return f"{mid:.3f} ({low:.3f}-{high:.3f})"
+    return f"{100 * mid:.1f}% ({100 * low:.0f}-{100 * high:.0f})"
+
+
 def metric_table(runs: list[dict[str, Any]], policies: list[str], rates: list[float],
-                 multipliers: list[float], key: str) -> str:
-    head = "| policy | " + " | ".join(f"{m:g}x ({r:.3g})" for m, r in zip(multipliers, rates))
+                 multipliers: list[float], key: str, class_name: str | None = None) -> str:
+    head = "| policy | " + " | ".join(f"{m:.3g}x ({r:.3g} rps)"
+                                      for m, r in zip(multipliers, rates))
     lines = [head + " |", "|" + "---|" * (len(rates) + 1)]
     for p in policies:
-        cells = []
-        for rate in rates:
-            run = find(runs, p, rate)
-            cells.append("-" if run is None else fmt(run["summary"].get(key), key))
+        cells = [fmt_spread(values(runs, p, rate, key, class_name), key) for rate in rates]
         lines.append(f"| {'**slice**' if p == 'slice' else p} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def best_sota(runs: list[dict[str, Any]], rate: float, key: str) -> tuple[str, float]:
+def best_sota(runs: list[dict[str, Any]], rate: float, key: str,
+              class_name: str | None = None) -> tuple[str, float]:
+    """The SOTA baseline with the highest median `key` at `rate`."""
     best = ("-", -1.0)
     for p in SOTA:
-        run = find(runs, p, rate)
-        value = run["summary"].get(key) if run else None
+        value = median(runs, p, rate, key, class_name)
         if value is not None and value > best[1]:
             best = (p, value)
     return best
@@ -90,15 +121,14 @@ def ratio_table(runs: list[dict[str, Any]], rates: list[float],
                 multipliers: list[float]) -> str:
     lines = ["| load | metric | slice | best SOTA | slice / best |", "|---|---|---|---|---|"]
     for m, rate in zip(multipliers, rates):
-        slice_run = find(runs, "slice", rate)
-        if slice_run is None:
-            continue
         for key, label in METRICS:
+            mine = median(runs, "slice", rate, key)
+            if mine is None:
+                continue
             name, value = best_sota(runs, rate, key)
-            mine = slice_run["summary"].get(key)
-            ratio = "-" if not value or mine is None else f"{mine / value:.2f}x"
-            lines.append(f"| {m:g}x | {label} | {fmt(mine, key)} | {fmt(value, key)} ({name}) "
-                         f"| {ratio} |")
+            ratio = "-" if value <= 0 else f"{mine / value:.2f}x"
+            lines.append(f"| {m:.3g}x | {label} | {fmt(mine, key)} | {fmt(value, key)} "
+                         f"({name}) | {ratio} |")
     return "\n".join(lines)
 
 
@@ -110,16 +140,26 @@ def capacity_line(runs: list[dict[str, Any]], policies: list[str]) -> str:
     return "capacity at 90% SLO attainment (requests/s): " + ", ".join(parts)
 
 
-def run_scenario(scenario: str, policies: list[str], multipliers: list[float], n: int,
-                 seed: int, jobs: int, options: dict[str, dict[str, Any]],
-                 online: bool) -> tuple[list[dict[str, Any]], list[float], float]:
+def run_scenario(scenario: str, policies: list[str], multipliers: list[float] | None,
+                 absolute_rates: list[float] | None, n: int, seeds: list[int], jobs: int,
+                 options: dict[str, dict[str, Any]], online: bool,
+                 ) -> tuple[list[dict[str, Any]], list[float], list[float], float]:
+    """Every seed's runs, the rates, their multiples of saturation, and saturation."""
     workload, lm_key = scenario.split(":")
     model = LatencyModel.load(LATENCY_MODELS.get(lm_key, lm_key))
     sat = saturation_rps(workload, model)
-    rates = [round(m * sat, 4) for m in multipliers]
-    runs = sweep(workload, policies, rates, num_requests=n, seed=seed, latency_model=model,
-                 policy_options=options, jobs=jobs, online_latency=online)
-    return runs, rates, sat
+    if absolute_rates is not None:
+        rates = absolute_rates
+        multipliers = [rate / sat for rate in rates]
+    else:
+        assert multipliers is not None
+        rates = [round(m * sat, 4) for m in multipliers]
+    runs: list[dict[str, Any]] = []
+    for seed in seeds:
+        runs += sweep(workload, policies, rates, num_requests=n, seed=seed,
+                      latency_model=model, policy_options=options, jobs=jobs,
+                      online_latency=online)
+    return runs, rates, multipliers, sat
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,8 +168,11 @@ def main(argv: list[str] | None = None) -> int:
                         f"latency: {', '.join(LATENCY_MODELS)} or a file")
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--multipliers", default=",".join(f"{m:g}" for m in MULTIPLIERS))
+    parser.add_argument("--rates", help="absolute rates (requests/s) instead of multipliers")
     parser.add_argument("--num-requests", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds")
+    parser.add_argument("--classes", default="",
+                        help="comma-separated classes whose SLO attainment is tabulated")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--option", action="append", default=[],
                         help="POLICY.KEY=JSON, e.g. slice.rank=\"utility_rate\"")
@@ -138,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     policies = args.policies.split(",")
     multipliers = [float(m) for m in args.multipliers.split(",")]
+    absolute = [float(r) for r in args.rates.split(",")] if args.rates else None
+    seeds = [int(x) for x in args.seeds.split(",")]
+    class_names = [c for c in args.classes.split(",") if c]
     options: dict[str, dict[str, Any]] = {}
     for item in args.option:
         key, _, raw = item.partition("=")
@@ -145,16 +191,24 @@ def main(argv: list[str] | None = None) -> int:
         options.setdefault(policy, {})[name] = json.loads(raw)
     for scenario in args.scenario or SCENARIOS:
         start = time.time()
-        runs, rates, sat = run_scenario(scenario, policies, multipliers, args.num_requests,
-                                        args.seed, args.jobs, options, not args.frozen_latency)
+        runs, rates, mults, sat = run_scenario(scenario, policies, multipliers, absolute,
+                                               args.num_requests, seeds, args.jobs, options,
+                                               not args.frozen_latency)
         print(f"\n## {scenario}: saturation {sat:.3g} requests/s, {args.num_requests} requests, "
-              f"seed {args.seed} ({time.time() - start:.0f} s)\n")
+              f"seeds {args.seeds}, median (min-max) over seeds ({time.time() - start:.0f} s)\n")
         for key, label in METRICS:
-            print(f"{label}:\n\n{metric_table(runs, policies, rates, multipliers, key)}\n")
-        print(ratio_table(runs, rates, multipliers) + "\n")
-        print(capacity_line(runs, policies) + "\n")
+            print(f"{label}:\n\n{metric_table(runs, policies, rates, mults, key)}\n")
+        for name in class_names:
+            table = metric_table(runs, policies, rates, mults, "slo_attainment", name)
+            print(f"SLO attainment of class {name}:\n\n{table}\n")
+        print(ratio_table(runs, rates, mults) + "\n")
+        if len(rates) > 1:
+            print(capacity_line(runs, policies) + "\n")
         if args.out:
-            write_results(args.out / f"{scenario.replace(':', '_')}_s{args.seed}.json", runs)
+            name = f"{scenario.replace(':', '_')}_n{args.num_requests}"
+            if absolute is not None:
+                name += "_r" + "-".join(f"{r:g}" for r in absolute)
+            write_results(args.out / f"{name}.json", runs)
         sys.stdout.flush()
     return 0
 

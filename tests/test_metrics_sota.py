@@ -17,7 +17,7 @@ from sliceserve.metrics.sota import (
     violation_kind,
     violations,
 )
-from sliceserve.metrics.table import sweep_table
+from sliceserve.metrics.table import home_metrics_table, sweep_table
 from sliceserve.request import SLO
 
 SLO_A = SLO(ttft_ms=100, tpot_ms=50, utility=1, slo_class="a")
@@ -90,3 +90,22 @@ def test_runs_carry_the_metrics_and_files_without_them_still_validate():
         validate_run(bad)
     with pytest.raises(ValueError, match="unknown sweep metric"):
         sweep_table([run], "nonsense")
+
+
+def test_home_metrics_table_shows_qoe_goodput_and_the_violation_split():
+    records = [record([100, 150, 200]), record([300, 350, 400]), record([100, 300, 500]),
+               record([], status="rejected")]
+    run = build_run(records, duration_s=2.0, backend="sim", system="sliceserve", policy="p",
+                    policy_options={}, workload="w", arrival="poisson", rate_rps=1.0, seed=0)
+    table = home_metrics_table(run)
+    column = {c.header: list(c._cells) for c in table.columns}
+    assert column["class"] == ["overall", "a"]
+    assert column["SCORPIO goodput/s"][0] == "0.5"
+    assert [column[k][0] for k in ("TTFT only", "TPOT only", "both", "unserved")] == [
+        "1", "1", "0", "1"]
+    assert column["QoE>=0.99"][0] == "25.0%"
+    old = copy.deepcopy(run)
+    for stats in (old["summary"], *old["classes"].values()):
+        for key in ("qoe_mean", "qoe_share_099", "scorpio_goodput_rps", "violations"):
+            del stats[key]
+    assert set(list(home_metrics_table(old).columns[1]._cells)) == {"-"}

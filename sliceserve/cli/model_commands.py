@@ -36,7 +36,7 @@ from sliceserve.cli.common import (
 )
 from sliceserve.latency_model import LatencyModel
 from sliceserve.metrics.results import dumps
-from sliceserve.metrics.table import run_table
+from sliceserve.metrics.table import home_metrics_table, run_table
 from sliceserve.workloads import DEFAULT_CV, is_trace_path
 
 # sliceserve.model.precision.DTYPE_CHOICES and QUANTIZATIONS, without importing torch
@@ -244,6 +244,7 @@ def run(
               f"{json.dumps(fit)}", file=sys.stderr)
     if table:
         _console().print(run_table(result))
+        _console().print(home_metrics_table(result))
     if out is not None:
         _write(out, dumps(result))
 

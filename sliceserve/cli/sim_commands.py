@@ -39,7 +39,13 @@ from sliceserve.cli.common import (
 )
 from sliceserve.latency_model import LatencyModel
 from sliceserve.metrics.results import dumps, load_results
-from sliceserve.metrics.table import SWEEP_METRICS, run_table, sweep_table, workload_table
+from sliceserve.metrics.table import (
+    SWEEP_METRICS,
+    home_metrics_table,
+    run_table,
+    sweep_table,
+    workload_table,
+)
 from sliceserve.workloads import DEFAULT_CV, is_trace_path, load_workload
 
 METRICS = SWEEP_METRICS
@@ -108,6 +114,7 @@ def simulate(
     run.update(load_info)
     if table:
         _console().print(run_table(run))
+        _console().print(home_metrics_table(run))
     if out is not None:
         _write(out, dumps(run))
 
@@ -202,6 +209,7 @@ def show(
     console = _console()
     if len(runs) == 1:
         console.print(run_table(runs[0]))
+        console.print(home_metrics_table(runs[0]))
     else:
         console.print(sweep_table(runs, metric))
     if plot is not None:

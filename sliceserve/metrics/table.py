@@ -10,6 +10,7 @@ from rich.table import Table
 from sliceserve.latency_model import LatencyModel
 from sliceserve.metrics.aggregate import group, labels, metric_spread, rates, run_label
 from sliceserve.metrics.results import capacity_rps
+from sliceserve.metrics.sota import VIOLATION_KINDS
 from sliceserve.workloads.generate import resolve_class_slo
 from sliceserve.workloads.spec import ClassSpec, SloChoice, SloExpr, Workload
 
@@ -61,6 +62,27 @@ def run_table(run: dict[str, Any]) -> Table:
             _ms(stats["e2e_ms"]["p50"]), _ms(stats["e2e_ms"]["p90"]),
             end_section=i == 0,
         )
+    return table
+
+
+def home_metrics_table(run: dict[str, Any]) -> Table:
+    """The SLO-aware baselines' own metrics, overall and per class (metrics/sota.py): Andes'
+    QoE (mean, share >= 0.99) and SCORPIO's goodput with its violation split. Runs from files
+    older than these metrics show "-"."""
+    table = Table(title="home metrics of the baselines: Andes' QoE, SCORPIO's goodput",
+                  caption="violations: requests that missed TTFT only, TPOT only, both, or "
+                  "were not served (rejected, aborted)")
+    for header in ("class", "QoE mean", "QoE>=0.99", "SCORPIO goodput/s", "TTFT only",
+                   "TPOT only", "both", "unserved"):
+        table.add_column(header, justify="left" if header == "class" else "right",
+                         no_wrap=True)
+    rows = [("overall", run["summary"]), *run["classes"].items()]
+    for i, (name, stats) in enumerate(rows):
+        counts = stats.get("violations") or {}
+        table.add_row(name, _pct(stats.get("qoe_mean")), _pct(stats.get("qoe_share_099")),
+                      _num(stats.get("scorpio_goodput_rps")),
+                      *(str(counts[k]) if k in counts else "-" for k in VIOLATION_KINDS),
+                      end_section=i == 0)
     return table
 
 
