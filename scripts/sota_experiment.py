@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sliceserve.latency_model import LatencyModel
-from sliceserve.metrics.results import capacity_rps, write_results
+from sliceserve.metrics.results import capacity_rps, load_results, write_results
 from sliceserve.sim.run import sweep
 from sliceserve.workloads import make_traffic
 
@@ -143,8 +143,10 @@ def capacity_line(runs: list[dict[str, Any]], policies: list[str]) -> str:
 def run_scenario(scenario: str, policies: list[str], multipliers: list[float] | None,
                  absolute_rates: list[float] | None, n: int, seeds: list[int], jobs: int,
                  options: dict[str, dict[str, Any]], online: bool,
+                 out_dir: Path | None = None, report_only: bool = False,
                  ) -> tuple[list[dict[str, Any]], list[float], list[float], float]:
-    """Every seed's runs, the rates, their multiples of saturation, and saturation."""
+    """Every seed's runs (simulated, each seed's written to `out_dir`; with `report_only`
+    read back from there instead), the rates, their multiples of saturation, saturation."""
     workload, lm_key = scenario.split(":")
     model = LatencyModel.load(LATENCY_MODELS.get(lm_key, lm_key))
     sat = saturation_rps(workload, model)
@@ -154,12 +156,35 @@ def run_scenario(scenario: str, policies: list[str], multipliers: list[float] | 
     else:
         assert multipliers is not None
         rates = [round(m * sat, 4) for m in multipliers]
-    runs: list[dict[str, Any]] = []
+    if out_dir is not None and report_only:
+        runs = []
+        for seed in seeds:
+            runs += load_results(out_dir / f"{file_stem(scenario, n, absolute_rates)}_s{seed}.json")
+        return runs, rates, multipliers, sat
+    runs = []
     for seed in seeds:
-        runs += sweep(workload, policies, rates, num_requests=n, seed=seed,
-                      latency_model=model, policy_options=options, jobs=jobs,
-                      online_latency=online)
+        start = time.time()
+
+        def progress(done: int, total: int, run: dict[str, Any], seed: int = seed,
+                     start: float = start) -> None:
+            print(f"{scenario} seed {seed}: {done}/{total} {run['policy']} at "
+                  f"{run['rate_rps']:g} rps ({time.time() - start:.0f} s)", file=sys.stderr)
+
+        seed_runs = sweep(workload, policies, rates, num_requests=n, seed=seed,
+                          latency_model=model, policy_options=options, jobs=jobs,
+                          online_latency=online, progress=progress)
+        if out_dir is not None:
+            write_results(out_dir / f"{file_stem(scenario, n, absolute_rates)}_s{seed}.json",
+                          seed_runs)
+        runs += seed_runs
     return runs, rates, multipliers, sat
+
+
+def file_stem(scenario: str, n: int, absolute_rates: list[float] | None) -> str:
+    stem = f"{scenario.replace(':', '_')}_n{n}"
+    if absolute_rates is not None:
+        stem += "_r" + "-".join(f"{r:g}" for r in absolute_rates)
+    return stem
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--option", action="append", default=[],
                         help="POLICY.KEY=JSON, e.g. slice.rank=\"utility_rate\"")
     parser.add_argument("--frozen-latency", action="store_true")
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--out", type=Path, help="result files: one per scenario and seed")
+    parser.add_argument("--report", action="store_true",
+                        help="simulate nothing: the tables from the result files in --out")
     args = parser.parse_args(argv)
     policies = args.policies.split(",")
     multipliers = [float(m) for m in args.multipliers.split(",")]
@@ -193,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.time()
         runs, rates, mults, sat = run_scenario(scenario, policies, multipliers, absolute,
                                                args.num_requests, seeds, args.jobs, options,
-                                               not args.frozen_latency)
+                                               not args.frozen_latency, args.out, args.report)
         print(f"\n## {scenario}: saturation {sat:.3g} requests/s, {args.num_requests} requests, "
               f"seeds {args.seeds}, median (min-max) over seeds ({time.time() - start:.0f} s)\n")
         for key, label in METRICS:
@@ -204,11 +231,6 @@ def main(argv: list[str] | None = None) -> int:
         print(ratio_table(runs, rates, mults) + "\n")
         if len(rates) > 1:
             print(capacity_line(runs, policies) + "\n")
-        if args.out:
-            name = f"{scenario.replace(':', '_')}_n{args.num_requests}"
-            if absolute is not None:
-                name += "_r" + "-".join(f"{r:g}" for r in absolute)
-            write_results(args.out / f"{name}.json", runs)
         sys.stdout.flush()
     return 0
 
