@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sliceserve.bench.calibrate import Iteration, IterationRecorder, calibrate
+from sliceserve.bench.calibrate import Iteration, IterationRecorder, calibrate, pacing_report
 from sliceserve.core.plan import ExecuteResult, Plan
 from sliceserve.latency_model import LatencyModel
 
@@ -52,3 +52,19 @@ def test_recorder_passes_results_through_and_records_non_empty_plans() -> None:
     recorder = IterationRecorder(Fixed())
     assert recorder.execute(Plan(0.0, ())).duration_s == 0.004
     assert recorder.iterations == []  # nothing ran
+
+
+def test_pacing_report_splits_decode_iterations_by_pause_and_rows() -> None:
+    def decode(rows: int, factor: float, gap_ms: float, changed: bool) -> Iteration:
+        it = Iteration(rows, rows, 10 * rows, 0.0, 0.0)
+        return Iteration(rows, rows, 10 * rows, 0.0, factor * predicted(MODEL, it), gap_ms, changed)
+
+    iterations = [decode(1, 1.0, 0.5, True), decode(1, 1.0, 1.0, False),
+                  decode(2, 1.5, 30.0, True), Iteration(1, 64, 64, 64 * 32.5, 99.0)]
+    report = pacing_report(MODEL, iterations)  # the prompt iteration is left out
+    assert report["gap_below_2ms"] == {"iterations": 2, "measured_over_predicted": 1.0}
+    assert report["gap_2_to_20ms"] == {"iterations": 0}
+    assert report["gap_from_20ms"] == {"iterations": 1, "measured_over_predicted": 1.5}
+    assert report["same_rows"]["iterations"] == 1 and report["rows_changed"]["iterations"] == 2
+    assert report["gap_ms_p50"] == 1.0
+    assert "decode_pacing" in calibrate(MODEL, iterations)[1]

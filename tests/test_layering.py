@@ -34,7 +34,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "metrics": ("torch",),
 }
 # The contracts everything else builds on import nothing of sliceserve but each other.
-CONTRACTS = ("request", "config", "clock", "latency_model")
+CONTRACTS = ("request", "config", "clock", "latency_model", "latency_online")
 CONTRACT_IMPORTS_ALLOWED = tuple(f"sliceserve.{m}" for m in CONTRACTS) + ("sliceserve.data",)
 
 

@@ -123,7 +123,9 @@ def test_stats_shape_counts_and_latencies_over_completed_only():
     assert list(stats) == ["n", "completed", "rejected", "aborted", "slo_attainment",
                            "slo_attainment_strict", "utility_attainment", "goodput_rps",
                            "output_tok_s", "ttft_ms", "tpot_ms", "e2e_ms", "max_gap_ms",
-                           "failures"]
+                           "failures",
+                           # added after the v1 keys: the baselines' home metrics
+                           "qoe_mean", "qoe_share_099", "scorpio_goodput_rps", "violations"]
     assert (stats["n"], stats["completed"], stats["rejected"], stats["aborted"]) == (3, 1, 1, 1)
     assert stats["failures"] == {"aborted": 1, "rejected": 1}  # by code, else by status
     assert stats["e2e_ms"]["mean"] == pytest.approx(200)  # the aborted one is excluded

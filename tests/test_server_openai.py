@@ -175,8 +175,9 @@ def test_models_health_version_metrics_state(server: ServerProcess) -> None:
                  "num_requests_running", "num_requests_waiting", "kv_cache_usage_perc",
                  "request_success_total", "slo_met_total", "slo_missed_total",
                  "request_rejected_total", "iteration_duration_seconds",
-                 "latency_model_measured_over_predicted"):
+                 "latency_model_measured_over_predicted", "latency_model_correction_factor"):
         assert f"sliceserve:{name}" in text, name
+    assert set(snap["policy"]["latency_correction"]) >= {"decode_factor", "prompt_factor"}
     success = metric_values(url, "sliceserve:request_success_total")
     assert sum(success.values()) >= 5
     assert any('slo_class="control"' in k for k in success)

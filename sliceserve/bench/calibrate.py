@@ -12,13 +12,13 @@ shared CPU it drifts by 5-10% between minutes).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from sliceserve.core.plan import ExecuteResult, Plan
 from sliceserve.engine.engine import Executor
 from sliceserve.latency_model import LatencyModel
-from sliceserve.sim.sim_executor import plan_shape
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,20 +28,59 @@ class Iteration:
     context_tokens: int
     pairs: float
     measured_ms: float
+    gap_ms: float = 0.0  # wall time since the previous iteration ended (engine work, idling)
+    rows_changed: bool = True  # its requests differ from the previous iteration's
 
 
 @dataclass
 class IterationRecorder:
-    """An Executor that runs `executor` and records every iteration."""
+    """An Executor that runs `executor` and records every iteration, with the pause before
+    it and whether its rows changed (how a live engine paces the device)."""
 
     executor: Executor
     iterations: list[Iteration] = field(default_factory=list)
+    _last_end_s: float | None = None
+    _last_ids: frozenset[str] = frozenset()
 
     def execute(self, plan: Plan) -> ExecuteResult:
+        start = time.perf_counter()
         result = self.executor.execute(plan)
         if plan.chunks:
-            self.iterations.append(Iteration(*plan_shape(plan), result.duration_s * 1000.0))
+            ids = frozenset(c.request.request_id for c in plan.chunks)
+            gap_ms = 0.0 if self._last_end_s is None else (start - self._last_end_s) * 1000.0
+            self.iterations.append(Iteration(*plan.shape(), result.duration_s * 1000.0,
+                                             gap_ms, ids != self._last_ids))
+            self._last_ids = ids
+        self._last_end_s = time.perf_counter()
         return result
+
+
+GAP_BUCKETS_MS = (2.0, 20.0)  # engine work only / short idling / long idling
+
+
+def pacing_report(model: LatencyModel, iterations: list[Iteration]) -> dict[str, Any]:
+    """Decode-only iterations, measured / predicted, by the pause before them and by whether
+    their rows changed: where a live run's pacing departs from the profile's."""
+    decode = [it for it in iterations if it.new_tokens == it.rows]
+
+    def ratio(its: list[Iteration]) -> dict[str, Any]:
+        if not its:
+            return {"iterations": 0}
+        pred = sum(model.iteration_ms(it.rows, it.new_tokens, it.context_tokens, it.pairs)
+                   for it in its)
+        return {"iterations": len(its),
+                "measured_over_predicted": round(sum(it.measured_ms for it in its) / pred, 4)}
+
+    lo, hi = GAP_BUCKETS_MS
+    gaps = sorted(it.gap_ms for it in decode)
+    return {
+        f"gap_below_{lo:g}ms": ratio([it for it in decode if it.gap_ms < lo]),
+        f"gap_{lo:g}_to_{hi:g}ms": ratio([it for it in decode if lo <= it.gap_ms < hi]),
+        f"gap_from_{hi:g}ms": ratio([it for it in decode if it.gap_ms >= hi]),
+        "same_rows": ratio([it for it in decode if not it.rows_changed]),
+        "rows_changed": ratio([it for it in decode if it.rows_changed]),
+        "gap_ms_p50": round(gaps[len(gaps) // 2], 3) if gaps else None,
+    }
 
 
 def calibrate(model: LatencyModel, iterations: list[Iteration],
@@ -80,4 +119,5 @@ def calibrate(model: LatencyModel, iterations: list[Iteration],
 
     return calibrated, {"decode_scale": round(decode_scale, 4),
                         "prompt_scale": round(prompt_scale, 4),
-                        "decode_iterations": kind(decode), "prompt_iterations": kind(prompt)}
+                        "decode_iterations": kind(decode), "prompt_iterations": kind(prompt),
+                        "decode_pacing": pacing_report(model, iterations)}

@@ -27,6 +27,7 @@ from sliceserve.core.scheduler import Scheduler
 from sliceserve.engine.arrivals import serve_arrivals
 from sliceserve.engine.engine import Engine, Executor
 from sliceserve.latency_model import LatencyModel
+from sliceserve.latency_online import OnlineLatencyOptions
 from sliceserve.metrics.results import build_run
 from sliceserve.metrics.slo import RequestRecord, is_met
 from sliceserve.policies.registry import make_policy
@@ -151,11 +152,15 @@ def run_live(traffic: Traffic, executor: Executor, policy_name: str,
              *, policy_options: Mapping[str, Any] | None = None, model_id: str = "",
              device: str = "", max_time_s: float | None = None,
              machine: dict[str, Any] | None = None,
-             progress: Progress | None = None) -> dict[str, Any]:
+             progress: Progress | None = None,
+             online_latency: bool = True) -> dict[str, Any]:
     """Serve `requests` (made from `traffic`, e.g. by `live_requests`) on a fresh engine whose
     wall clock starts now; the run's result object (with `machine` as its machine block).
-    `progress(done, met, total)` is called as requests finish."""
-    policy = make_policy(policy_name, latency_model, config, dict(policy_options or {}))
+    `progress(done, met, total)` is called as requests finish. With `online_latency` the
+    policy corrects `latency_model` from the iterations it measures (latency_online.py); the
+    result file records the correction (`latency_correction`)."""
+    policy = make_policy(policy_name, latency_model, config, dict(policy_options or {}),
+                         online_latency=OnlineLatencyOptions() if online_latency else None)
     engine = Engine(Scheduler(config, policy), executor, WallClock())
     on_step = progress_counter(requests, progress) if progress is not None else None
     result = serve_live(engine, requests, max_time_s=max_time_s, on_step=on_step)
@@ -166,4 +171,5 @@ def run_live(traffic: Traffic, executor: Executor, policy_name: str,
         arrival=traffic.arrival, rate_rps=traffic.rate_rps, arrival_cv=traffic.cv,
         seed=traffic.seed, model=model_id or latency_model.model,
         device=device or latency_model.device, latency_model=latency_model.name,
-        class_order=traffic.class_order, machine=machine, per_request=True)
+        class_order=traffic.class_order, machine=machine, per_request=True,
+        latency_correction=policy.latency_correction())

@@ -98,7 +98,7 @@ def bench(
     from sliceserve.bench.machine import device_label
     from sliceserve.bench.systems import client_options, parse_extra_body
     from sliceserve.metrics.results import dumps
-    from sliceserve.metrics.table import run_table
+    from sliceserve.metrics.table import home_metrics_table, run_table
 
     _check_common(num_requests or 1, seed, cv, arrival)
     for name, value in (("--rate", rate), ("--duration", duration), ("--timeout-s", timeout_s),
@@ -148,6 +148,7 @@ def bench(
             policy=policy or options.system, progress=update, extra_client=extra)
     if table:
         _console().print(run_table(run))
+        _console().print(home_metrics_table(run))
     if out is not None:
         _write(out, dumps(run))
     if plot is not None:

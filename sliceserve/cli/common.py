@@ -119,6 +119,10 @@ TableOpt = Annotated[bool, typer.Option(help="print the console table")]
 LoadOpt = Annotated[float | None, typer.Option(
     "--load", help="arrival rate as a multiple of the device's capacity for the workload, "
     "estimated from the latency model (1 = saturation); instead of --rate")]
+OnlineLatencyOpt = Annotated[bool, typer.Option(
+    "--online-latency/--frozen-latency",
+    help="correct the latency model online from the measured iterations (the default), or "
+    "plan with the profile frozen")]
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from sliceserve.cli.common import (
     CvOpt,
     LoadOpt,
     NumRequestsOpt,
+    OnlineLatencyOpt,
     OutOpt,
     PlotOpt,
     PolicyOpt,
@@ -35,7 +36,7 @@ from sliceserve.cli.common import (
 )
 from sliceserve.latency_model import LatencyModel
 from sliceserve.metrics.results import dumps
-from sliceserve.metrics.table import run_table
+from sliceserve.metrics.table import home_metrics_table, run_table
 from sliceserve.workloads import DEFAULT_CV, is_trace_path
 
 # sliceserve.model.precision.DTYPE_CHOICES and QUANTIZATIONS, without importing torch
@@ -156,12 +157,23 @@ def run(
     calibrated_out: Annotated[Path | None, typer.Option(
         help="also write the latency model rescaled to this run's measured iterations "
         "(JSON), and print how well the model predicted them")] = None,
+    online_latency: OnlineLatencyOpt = True,
     table: TableOpt = True,
 ) -> None:
     """Serve a workload on the real engine, arrivals in wall time: a table and a result JSON."""
+    import logging
+
     from sliceserve.bench import live
     from sliceserve.model.precision import machine_block
     from sliceserve.model.profiler import device_name, warm_up
+
+    # The online latency correction logs when a factor moves by 10% or more.
+    latency_log = logging.getLogger("sliceserve.latency")
+    if not latency_log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        latency_log.addHandler(handler)
+        latency_log.setLevel(logging.INFO)
     from sliceserve.workloads import make_traffic
 
     _check_common(num_requests, seed, cv, arrival)
@@ -214,8 +226,15 @@ def run(
         result = live.run_live(traffic, recorder, policy, model_lm, engine.config, requests,
                                policy_options=options, model_id=engine.model_name,
                                device=device_name(device), max_time_s=max_time_s,
-                               machine=machine_block(engine.runner), progress=update)
+                               machine=machine_block(engine.runner), progress=update,
+                               online_latency=online_latency)
     result.update(load_info)
+    correction = result.get("latency_correction")
+    if correction is not None:
+        print(f"online latency correction at the end: decode x{correction['decode_factor']:.3f}"
+              f" ({correction['decode_samples']} decode iterations), prompt "
+              f"x{correction['prompt_factor']:.3f} ({correction['prompt_samples']} samples)",
+              file=sys.stderr)
     if calibrated_out is not None:
         from sliceserve.bench import profile_report as report
 
@@ -225,6 +244,7 @@ def run(
               f"{json.dumps(fit)}", file=sys.stderr)
     if table:
         _console().print(run_table(result))
+        _console().print(home_metrics_table(result))
     if out is not None:
         _write(out, dumps(result))
 

@@ -20,6 +20,7 @@ from sliceserve.cli.common import (
     CvOpt,
     LoadOpt,
     NumRequestsOpt,
+    OnlineLatencyOpt,
     OutOpt,
     PlotOpt,
     PolicyOpt,
@@ -38,10 +39,16 @@ from sliceserve.cli.common import (
 )
 from sliceserve.latency_model import LatencyModel
 from sliceserve.metrics.results import dumps, load_results
-from sliceserve.metrics.table import run_table, sweep_table, workload_table
+from sliceserve.metrics.table import (
+    SWEEP_METRICS,
+    home_metrics_table,
+    run_table,
+    sweep_table,
+    workload_table,
+)
 from sliceserve.workloads import DEFAULT_CV, is_trace_path, load_workload
 
-METRICS = ("slo_attainment", "slo_attainment_strict", "utility_attainment")
+METRICS = SWEEP_METRICS
 
 # Options of the simulator's commands.
 LatencyOpt = Annotated[str, typer.Option("--latency-model", "-l", help=LATENCY_HELP)]
@@ -50,6 +57,20 @@ MaxTimeOpt = Annotated[float | None, typer.Option(
 MetricOpt = Annotated[str, typer.Option(help=f"table metric: {', '.join(METRICS)}")]
 E2eRateOpt = Annotated[float | None, typer.Option(
     help="rate of the E2E bar chart (default: the heaviest)")]
+SlowdownOpt = Annotated[str | None, typer.Option(
+    help="START:FACTOR[:END]: the simulated device runs FACTOR times slower from START s "
+    "(to END s) of virtual time, unknown to the policy's profile")]
+
+
+def _slowdown(text: str | None) -> Any:
+    if text is None:
+        return None
+    from sliceserve.sim.sim_executor import Slowdown
+
+    try:
+        return Slowdown.parse(text)
+    except ValueError as e:
+        raise BadInput(f"--slowdown: {e}") from None
 
 
 def simulate(
@@ -66,6 +87,8 @@ def simulate(
     policy_option: PolicyOptionOpt = None,
     class_defaults: ClassDefaultsOpt = None,
     max_time_s: MaxTimeOpt = None,
+    online_latency: OnlineLatencyOpt = True,
+    slowdown: SlowdownOpt = None,
     out: OutOpt = None,
     table: TableOpt = True,
 ) -> None:
@@ -86,10 +109,12 @@ def simulate(
     options = parse_policy_options(policy_option or [], [policy])[policy]
     run = simulate_run(workload, policy, rate if rate is not None else 1.0, arrival,
                        num_requests, seed, latency_model, options, cv=cv,
-                       class_defaults=class_defaults, max_time_s=max_time_s, per_request=True)
+                       class_defaults=class_defaults, max_time_s=max_time_s, per_request=True,
+                       online_latency=online_latency, slowdown=_slowdown(slowdown))
     run.update(load_info)
     if table:
         _console().print(run_table(run))
+        _console().print(home_metrics_table(run))
     if out is not None:
         _write(out, dumps(run))
 
@@ -111,6 +136,8 @@ def sweep(
     class_defaults: ClassDefaultsOpt = None,
     max_time_s: MaxTimeOpt = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="worker processes")] = 1,
+    online_latency: OnlineLatencyOpt = True,
+    slowdown: SlowdownOpt = None,
     metric: MetricOpt = "slo_attainment",
     out: Annotated[Path | None, typer.Option(help="write the JSON list of runs here")] = None,
     plot: PlotOpt = None,
@@ -157,7 +184,8 @@ def sweep(
 
         runs = run_sweep(workload, names, rate_list, arrival, num_requests, seed, latency_model,
                          options, cv=cv, class_defaults=class_defaults, max_time_s=max_time_s,
-                         jobs=jobs, progress=progress)
+                         jobs=jobs, progress=progress, online_latency=online_latency,
+                         slowdown=_slowdown(slowdown))
     for run in runs:
         if run["rate_rps"] in load_of:
             run.update(load=load_of[run["rate_rps"]], capacity_estimate=estimate)
@@ -181,6 +209,7 @@ def show(
     console = _console()
     if len(runs) == 1:
         console.print(run_table(runs[0]))
+        console.print(home_metrics_table(runs[0]))
     else:
         console.print(sweep_table(runs, metric))
     if plot is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sliceserve.latency_model import chunk_pairs
 from sliceserve.request import Request
 
 
@@ -37,6 +38,18 @@ class Plan:
     @property
     def num_tokens(self) -> int:
         return sum(c.num_new_tokens for c in self.chunks)
+
+    def shape(self) -> tuple[int, int, int, float]:
+        """What the latency model prices a plan by: (rows, new tokens, context tokens,
+        query-key pairs of causal attention within the prompt chunks, 0 for decode rows)."""
+        num_new = 0
+        num_context = 0
+        pairs = 0.0
+        for chunk in self.chunks:
+            num_new += chunk.num_new_tokens
+            num_context += chunk.num_computed_tokens + chunk.num_new_tokens
+            pairs += chunk_pairs(chunk.num_new_tokens, chunk.num_computed_tokens)
+        return len(self.chunks), num_new, num_context, pairs
 
 
 @dataclass(frozen=True, slots=True)

@@ -251,6 +251,7 @@ class Scheduler:
             return StepOutput(now_s=now_s, idle=True)
         self.num_iterations += 1
         self.view.now_s = now_s
+        self.policy.observe_iteration(*plan.shape(), result.duration_s * 1000.0)
         new_tokens = []
         finished = []
         eos = self.config.eos_token_ids

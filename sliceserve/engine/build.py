@@ -18,6 +18,7 @@ from sliceserve.config import SchedulerConfig
 from sliceserve.core.scheduler import Scheduler
 from sliceserve.engine.engine import Engine
 from sliceserve.latency_model import LatencyModel
+from sliceserve.latency_online import OnlineLatencyOptions
 from sliceserve.policies.registry import make_policy
 from sliceserve.request import SLO
 
@@ -28,6 +29,7 @@ DEFAULT_SLO = SLO(ttft_ms=60_000.0, tpot_ms=1_000.0, utility=1.0, slo_class="bes
 
 # Only stands in while the policy name and options are checked, before the model loads.
 STAND_IN_LATENCY_MODEL = "paper"
+ONLINE_LATENCY = OnlineLatencyOptions()  # the engine's default: the model follows the device
 
 
 class PromptError(ValueError):
@@ -104,6 +106,7 @@ def build_engine(
     num_threads: int | None = None,
     clock: Clock | None = None,
     warm_up: bool = True,
+    online_latency: OnlineLatencyOptions | None = ONLINE_LATENCY,
 ) -> LiveEngine:
     """Load `model` (a name such as "smollm2-135m", a Hugging Face folder or a GGUF file; None:
     the embedded default) and put it under `policy`. Bad policy names or options raise
@@ -115,7 +118,11 @@ def build_engine(
 
     `warm_up` runs a few untimed iterations first: the first forwards pay one-time set-up
     (measured on SmolLM2: the first request's TTFT 2.5 s and TPOT 2.2 s, against 0.3 s and
-    0.1 s after), which would otherwise land in the first requests' metrics."""
+    0.1 s after), which would otherwise land in the first requests' metrics.
+
+    `online_latency` (on by default; None freezes the profile): the policy corrects the
+    latency model from the iterations it measures (sliceserve/latency_online.py); the
+    correction is `engine.scheduler.policy.latency_source.snapshot()`."""
     # Checked first, with a stand-in config: a typo should not cost a model load.
     make_policy(policy, LatencyModel.load(STAND_IN_LATENCY_MODEL), SchedulerConfig(),
                 policy_options)
@@ -144,7 +151,8 @@ def build_engine(
         from sliceserve.model.profiler import warm_up as warm_up_runner
 
         warm_up_runner(runner)
-    scheduler = Scheduler(config, make_policy(policy, latency_model, config, policy_options))
+    scheduler = Scheduler(config, make_policy(policy, latency_model, config, policy_options,
+                                              online_latency=online_latency))
     engine = Engine(scheduler, runner, clock if clock is not None else WallClock())
     return LiveEngine(engine, runner, tokenizer, latency_model, model_name, folder)
 

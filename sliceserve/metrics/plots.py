@@ -43,6 +43,10 @@ def _colors(policies: Sequence[str]) -> dict[str, Any]:
     return {p: cmap(i % 10) for i, p in enumerate(policies)}
 
 
+METRIC_LABELS = {"slo_attainment": "SLO attainment",
+                 "slo_attainment_strict": "SLO attainment (strict)",
+                 "utility_attainment": "utility attainment", "qoe_mean": "mean QoE (Andes)",
+                 "qoe_share_099": "share with QoE >= 0.99"}
 # Hollow markers of distinct shapes, so that policies with equal results stay visible.
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
@@ -59,10 +63,13 @@ def plot_attainment(ax: Axes, runs: Sequence[Run], class_name: str | None,
         if any(v[1] != v[2] for _, v in points):
             ax.fill_between(xs, [v[1] for _, v in points], [v[2] for _, v in points],
                             color=color, alpha=0.15, linewidth=0)
-    ax.axhline(CAPACITY_THRESHOLD, color="grey", linestyle=":", linewidth=1)
-    ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel("arrival rate (requests/s)")
-    ax.set_ylabel("SLO attainment" + (" (strict)" if metric.endswith("strict") else ""))
+    if metric.endswith("_rps"):  # a rate, not a ratio
+        ax.set_ylabel(metric.replace("_rps", " (requests/s)").replace("_", " "))
+    else:
+        ax.axhline(CAPACITY_THRESHOLD, color="grey", linestyle=":", linewidth=1)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_ylabel(METRIC_LABELS.get(metric, metric.replace("_", " ")))
     ax.set_title("overall" if class_name is None else f"class {class_name}")
     ax.grid(True, alpha=0.3)
 

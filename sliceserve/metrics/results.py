@@ -3,13 +3,17 @@
 Writing is deterministic: keys in a fixed order, floats rounded to `SIGNIFICANT_DIGITS`
 significant digits, non-finite numbers as null, so the same inputs and seed give byte-identical
 files. Besides the documented keys a run carries `arrival_cv` (the gamma CV, else null) after
-`rate_rps`, `failures` (requests not completed, by cause) in every STATS, a run on the real
-engine a `machine` object after `device` (what its timings depend on: the CPU model,
-architecture and the flags that matter, the dtype and weight quantization with the reason for
-them, the compiled kernels' vector path, the threads; see
-sliceserve.model.precision.machine_block) and, when asked for, `requests` (one row per
+`rate_rps`, `latency_correction` (the online latency model's factors at the end of the run,
+null when the policy planned with the profile frozen) after `latency_model`, `failures`
+(requests not completed, by cause) and the baselines' home metrics (`qoe_mean`,
+`qoe_share_099`, `scorpio_goodput_rps`, `violations`: metrics/sota.py) in every STATS after
+the documented keys, a run on the real engine a `machine` object after `device` (what its
+timings depend on: the CPU model, architecture and the flags that matter, the dtype and
+weight quantization with the reason for them, the compiled kernels' vector path, the threads;
+see sliceserve.model.precision.machine_block) and, when asked for, `requests` (one row per
 request: `request_rows`) after `classes`; a live benchmark adds more
-(sliceserve/bench/http_bench.py). Readers must ignore keys they do not know.
+(sliceserve/bench/http_bench.py). Readers must ignore keys they do not know, and validation
+accepts files without the added keys.
 """
 
 from __future__ import annotations
@@ -33,16 +37,19 @@ from sliceserve.metrics.slo import (
     tpot_ms,
     ttft_ms,
 )
+from sliceserve.metrics.sota import VIOLATION_KINDS
 
 SCHEMA = "sliceserve.run/v1"
 BACKENDS = ("sim", "engine", "http")
 SIGNIFICANT_DIGITS = 6
 RUN_KEYS = ("schema", "backend", "system", "policy", "policy_options", "workload", "arrival",
-            "rate_rps", "arrival_cv", "seed", "model", "device", "latency_model", "duration_s",
-            "summary", "classes")
-REQUIRED_RUN_KEYS = tuple(k for k in RUN_KEYS if k != "arrival_cv")
+            "rate_rps", "arrival_cv", "seed", "model", "device", "latency_model",
+            "latency_correction", "duration_s", "summary", "classes")
+OPTIONAL_RUN_KEYS = ("arrival_cv", "latency_correction")  # added after v1's first files
+REQUIRED_RUN_KEYS = tuple(k for k in RUN_KEYS if k not in OPTIONAL_RUN_KEYS)
 COUNT_KEYS = ("n", "completed", "rejected", "aborted")
 RATIO_KEYS = ("slo_attainment", "slo_attainment_strict", "utility_attainment")
+OPTIONAL_RATIO_KEYS = ("qoe_mean", "qoe_share_099")
 RATE_KEYS = ("goodput_rps", "output_tok_s")
 STAT_KEYS = ("mean", *(f"p{p}" for p in PERCENTILES))
 
@@ -53,9 +60,12 @@ def build_run(records: Sequence[RequestRecord], *, duration_s: float, backend: s
               device: str = "", latency_model: str = "", arrival_cv: float | None = None,
               class_order: Sequence[str] = (),
               machine: dict[str, Any] | None = None,
-              per_request: bool = False) -> dict[str, Any]:
+              per_request: bool = False,
+              latency_correction: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run object of docs/RESULTS.md from the records of every arrived request
-    (with `per_request`, also their rows: `request_rows`)."""
+    (with `per_request`, also their rows: `request_rows`). `latency_correction`: the online
+    latency model's snapshot at the end of the run (latency_online.py), None when the policy
+    planned with the profile frozen."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     run = {
@@ -72,6 +82,7 @@ def build_run(records: Sequence[RequestRecord], *, duration_s: float, backend: s
         "model": model,
         "device": device,
         "latency_model": latency_model,
+        "latency_correction": latency_correction,
         "duration_s": duration_s,
         "summary": compute_stats(records, duration_s),
         "classes": compute_class_stats(records, duration_s, class_order),
@@ -162,6 +173,9 @@ def validate_run(run: Any, source: str = "run") -> None:
     for key in ("system", "policy", "workload", "arrival"):
         if not isinstance(run[key], str):
             raise ValueError(f"{source}: field {key}: must be a string")
+    correction = run.get("latency_correction")
+    if correction is not None and not isinstance(correction, dict):
+        raise ValueError(f"{source}: field latency_correction: must be an object or null")
     if not isinstance(run["policy_options"], dict):
         raise ValueError(f"{source}: field policy_options: must be an object")
     if run.get("machine") is not None and not isinstance(run["machine"], dict):
@@ -186,6 +200,18 @@ def validate_stats(stats: Any, where: str) -> None:
         _check_number(stats.get(key, "missing"), f"{where}.{key}", nullable=True, maximum=1.0)
     for key in RATE_KEYS:
         _check_number(stats.get(key, "missing"), f"{where}.{key}", nullable=True)
+    for key in OPTIONAL_RATIO_KEYS:  # added after v1's first files: absent in older ones
+        if key in stats:
+            _check_number(stats[key], f"{where}.{key}", nullable=True, maximum=1.0)
+    if "scorpio_goodput_rps" in stats:
+        _check_number(stats["scorpio_goodput_rps"], f"{where}.scorpio_goodput_rps",
+                      nullable=True)
+    if "violations" in stats:
+        counts = stats["violations"]
+        if not isinstance(counts, dict) or any(
+                not isinstance(counts.get(k), int) or counts[k] < 0 for k in VIOLATION_KINDS):
+            raise ValueError(f"{where}.violations: must map {', '.join(VIOLATION_KINDS)} to "
+                             f"integers >= 0")
     for metric in LATENCY_METRICS:
         values = stats.get(metric)
         if not isinstance(values, dict):

@@ -16,6 +16,8 @@ observed into `RequestRecord`s (engine clock or client clock) and calls these fu
 - Output tokens/s = all generated output tokens (unfinished requests' too) / duration_s.
 - Latency statistics (TTFT, TPOT, E2E, max gap) are over completed requests only; the counts
   of rejected and aborted requests are reported next to them, and by cause (`failures`).
+- The baselines' home metrics (Andes' QoE, SCORPIO's goodput and violation split) are in
+  metrics/sota.py and part of every STATS object.
 Comparisons allow `TOLERANCE_MS` of floating-point slack.
 """
 
@@ -220,6 +222,11 @@ def compute_stats(records: Sequence[RequestRecord], duration_s: float) -> dict[s
     for name in LATENCY_METRICS:
         stats[name] = latency_stats(_PER_REQUEST[name](r) for r in completed)
     stats["failures"] = failure_counts(records)
+    # Added after the v1 keys (readers ignore keys they do not know): the baselines' own
+    # metrics, Andes' QoE and SCORPIO's goodput and violation split (metrics/sota.py).
+    from sliceserve.metrics.sota import sota_stats  # it builds on this module
+
+    stats.update(sota_stats(records, duration_s))
     return stats
 
 

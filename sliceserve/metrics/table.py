@@ -10,6 +10,7 @@ from rich.table import Table
 from sliceserve.latency_model import LatencyModel
 from sliceserve.metrics.aggregate import group, labels, metric_spread, rates, run_label
 from sliceserve.metrics.results import capacity_rps
+from sliceserve.metrics.sota import VIOLATION_KINDS
 from sliceserve.workloads.generate import resolve_class_slo
 from sliceserve.workloads.spec import ClassSpec, SloChoice, SloExpr, Workload
 
@@ -45,7 +46,7 @@ def run_table(run: dict[str, Any]) -> Table:
     table = Table(title=run_title(run), caption="latencies in ms (s where marked) over "
                   "completed requests; attainment over all arrived")
     for header in ("class", "n", "done", "rej", "abort", "attain", "strict", "utility",
-                   "goodput/s", "TTFT p50", "TTFT p90", "TPOT p50", "TPOT p90", "E2E p50",
+                   "QoE", "goodput/s", "TTFT p50", "TTFT p90", "TPOT p50", "TPOT p90", "E2E p50",
                    "E2E p90"):
         table.add_column(header, justify="left" if header == "class" else "right",
                          no_wrap=True)
@@ -55,12 +56,33 @@ def run_table(run: dict[str, Any]) -> Table:
             name, str(stats["n"]), str(stats["completed"]), str(stats["rejected"]),
             str(stats["aborted"]), _pct(stats["slo_attainment"]),
             _pct(stats["slo_attainment_strict"]), _pct(stats["utility_attainment"]),
-            _num(stats["goodput_rps"]),
+            _pct(stats.get("qoe_mean")), _num(stats["goodput_rps"]),
             _ms(stats["ttft_ms"]["p50"]), _ms(stats["ttft_ms"]["p90"]),
             _ms(stats["tpot_ms"]["p50"]), _ms(stats["tpot_ms"]["p90"]),
             _ms(stats["e2e_ms"]["p50"]), _ms(stats["e2e_ms"]["p90"]),
             end_section=i == 0,
         )
+    return table
+
+
+def home_metrics_table(run: dict[str, Any]) -> Table:
+    """The SLO-aware baselines' own metrics, overall and per class (metrics/sota.py): Andes'
+    QoE (mean, share >= 0.99) and SCORPIO's goodput with its violation split. Runs from files
+    older than these metrics show "-"."""
+    table = Table(title="home metrics of the baselines: Andes' QoE, SCORPIO's goodput",
+                  caption="violations: requests that missed TTFT only, TPOT only, both, or "
+                  "were not served (rejected, aborted)")
+    for header in ("class", "QoE mean", "QoE>=0.99", "SCORPIO goodput/s", "TTFT only",
+                   "TPOT only", "both", "unserved"):
+        table.add_column(header, justify="left" if header == "class" else "right",
+                         no_wrap=True)
+    rows = [("overall", run["summary"]), *run["classes"].items()]
+    for i, (name, stats) in enumerate(rows):
+        counts = stats.get("violations") or {}
+        table.add_row(name, _pct(stats.get("qoe_mean")), _pct(stats.get("qoe_share_099")),
+                      _num(stats.get("scorpio_goodput_rps")),
+                      *(str(counts[k]) if k in counts else "-" for k in VIOLATION_KINDS),
+                      end_section=i == 0)
     return table
 
 
@@ -72,21 +94,35 @@ def _capacity_text(runs: Sequence[dict[str, Any]], label: str, metric: str) -> s
     return f"<{min(own):.3g}" if own else "-"
 
 
-def _spread_text(members: Sequence[dict[str, Any]], metric: str) -> str:
+def _spread_text(members: Sequence[dict[str, Any]], metric: str, is_ratio: bool = True) -> str:
     value = metric_spread(members, metric)
     if value is None:
         return "-"
     median, low, high = value
+    fmt = _pct if is_ratio else _num
     if len(members) == 1 or low == high:
-        return _pct(median)
-    return f"{_pct(median)} ({100 * low:.0f}-{100 * high:.0f})"
+        return fmt(median)
+    if is_ratio:
+        return f"{_pct(median)} ({100 * low:.0f}-{100 * high:.0f})"
+    return f"{_num(median)} ({_num(low)}-{_num(high)})"
+
+
+# What a sweep table can show: ratios (as percentages, with a capacity column) and rates.
+RATIO_METRICS = ("slo_attainment", "slo_attainment_strict", "utility_attainment", "qoe_mean",
+                 "qoe_share_099")
+RATE_METRICS = ("goodput_rps", "scorpio_goodput_rps")
+SWEEP_METRICS = RATIO_METRICS + RATE_METRICS
 
 
 def sweep_table(runs: Sequence[dict[str, Any]], metric: str = "slo_attainment") -> Table:
     """`metric` (overall) per policy (or system) x rate, the median over seeds with their
-    range, and each one's capacity at 90% attainment."""
+    range, and for a ratio each one's capacity at 90% attainment. Runs from files older than
+    a metric show "-" for it."""
+    if metric not in SWEEP_METRICS:
+        raise ValueError(f"unknown sweep metric {metric!r}; valid: {', '.join(SWEEP_METRICS)}")
+    is_ratio = metric in RATIO_METRICS
     by_key = group(runs)
-    name = metric.replace("slo_", "SLO ").replace("_", " ")
+    name = metric.replace("slo_", "SLO ").replace("qoe", "QoE").replace("_", " ")
     num_seeds = max((len(m) for m in by_key.values()), default=1)
     caption = f"median (min-max) over {num_seeds} seeds" if num_seeds > 1 else None
     table = Table(title=f"{name}, workload {runs[0]['workload'] if runs else '-'}",
@@ -95,13 +131,15 @@ def sweep_table(runs: Sequence[dict[str, Any]], metric: str = "slo_attainment") 
     columns: list[float | None] = list(rates(runs)) or [None]
     for rate in columns:
         table.add_column("trace" if rate is None else f"{rate:.3g}", justify="right")
-    table.add_column(f"capacity@{CAPACITY_THRESHOLD:.0%}", justify="right")
+    if is_ratio:
+        table.add_column(f"capacity@{CAPACITY_THRESHOLD:.0%}", justify="right")
     for label in labels(runs):
         cells = []
         for rate in columns:
             members = by_key.get((label, rate))
-            cells.append("-" if not members else _spread_text(members, metric))
-        cells.append(_capacity_text(runs, label, metric))
+            cells.append("-" if not members else _spread_text(members, metric, is_ratio))
+        if is_ratio:
+            cells.append(_capacity_text(runs, label, metric))
         table.add_row(label, *cells)
     return table
 

@@ -1,7 +1,9 @@
 """What a policy sees, what it decides, and the base class every policy extends.
 
 A policy decides from a read-only view: plain facts about requests (`RequestView`), the
-scheduler's limits and free KV blocks, and a latency model. It never mutates scheduler state
+scheduler's limits and free KV blocks, and a latency model (`Policy.latency_model`: the
+device's profile, corrected online from measured iterations when built with an
+`OnlineLatencyModel`). It never mutates scheduler state
 and never imports torch, asyncio or a clock; so a thin adapter can drive the same policies
 from another engine's scheduler.
 """
@@ -15,7 +17,10 @@ from typing import Any, ClassVar, Protocol
 
 from sliceserve.config import SchedulerConfig
 from sliceserve.latency_model import LatencyModel
+from sliceserve.latency_online import OnlineLatencyModel
 from sliceserve.request import CODE_SLO_INFEASIBLE, SLO, RequestStatus
+
+LatencySource = LatencyModel | OnlineLatencyModel  # what a policy is built with
 
 
 class RequestView(Protocol):
@@ -121,10 +126,12 @@ class Policy(ABC):
     name: ClassVar[str]
     Options: ClassVar[type[PolicyOptions]] = PolicyOptions
 
-    def __init__(self, options: PolicyOptions, latency_model: LatencyModel,
+    def __init__(self, options: PolicyOptions, latency_model: LatencySource,
                  config: SchedulerConfig) -> None:
         self.options = options
-        self.latency_model = latency_model
+        # An OnlineLatencyModel follows the device (latency_online.py); a LatencyModel is
+        # the profile, frozen.
+        self.latency_source = latency_model
         self.config = config
 
     def assess_arrival(self, request: RequestView, view: SchedulerView) -> Rejection | None:
@@ -135,6 +142,27 @@ class Policy(ABC):
         policy's state: `on_arrival` follows for a request that is taken. Default: None (a
         policy without predictions takes everything)."""
         return None
+
+    @property
+    def latency_model(self) -> LatencyModel:
+        """The model every prediction of the policy uses: the profile as corrected so far
+        (the same object until the correction changes)."""
+        source = self.latency_source
+        return source.current if isinstance(source, OnlineLatencyModel) else source
+
+    def latency_correction(self) -> dict[str, Any] | None:
+        """The online correction as it stands (result files, logs, /metrics); None when the
+        policy plans with its profile frozen."""
+        source = self.latency_source
+        return source.snapshot().to_dict() if isinstance(source, OnlineLatencyModel) else None
+
+    def observe_iteration(self, rows: int, new_tokens: int, context_tokens: int,
+                          pairs: float, measured_ms: float) -> None:
+        """An iteration of this shape ran for `measured_ms` (the scheduler calls it after
+        every executed plan; another engine's adapter may too): feeds the online model."""
+        source = self.latency_source
+        if isinstance(source, OnlineLatencyModel):
+            source.observe(rows, new_tokens, context_tokens, pairs, measured_ms)
 
     # State-change hooks: the scheduler calls each one after the change, once per change, so
     # a policy that keeps its own queues follows the scheduler's exactly (no re-sync).

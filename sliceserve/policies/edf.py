@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sliceserve.config import SchedulerConfig
-from sliceserve.latency_model import LatencyModel
 from sliceserve.policies.base import (
     Budget,
     Decision,
+    LatencySource,
     Policy,
     PolicyOptions,
     RequestView,
@@ -105,7 +105,7 @@ class EdfPolicy(Policy):
     Options = EdfOptions
     options: EdfOptions
 
-    def __init__(self, options: PolicyOptions, latency_model: LatencyModel,
+    def __init__(self, options: PolicyOptions, latency_model: LatencySource,
                  config: SchedulerConfig) -> None:
         super().__init__(options, latency_model, config)
         self._running = RequestHeap()

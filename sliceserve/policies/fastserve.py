@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sliceserve.config import SchedulerConfig
-from sliceserve.latency_model import LatencyModel, chunk_pairs
+from sliceserve.latency_model import chunk_pairs
 from sliceserve.policies.base import (
     Budget,
     Decision,
+    LatencySource,
     Policy,
     PolicyOptions,
     RequestView,
@@ -79,7 +80,7 @@ class FastServePolicy(Policy):
     Options = FastServeOptions
     options: FastServeOptions
 
-    def __init__(self, options: PolicyOptions, latency_model: LatencyModel,
+    def __init__(self, options: PolicyOptions, latency_model: LatencySource,
                  config: SchedulerConfig) -> None:
         super().__init__(options, latency_model, config)
         levels = range(self.options.num_levels)

@@ -7,6 +7,7 @@ from typing import Any
 
 from sliceserve.config import SchedulerConfig
 from sliceserve.latency_model import LatencyModel
+from sliceserve.latency_online import OnlineLatencyModel, OnlineLatencyOptions
 from sliceserve.policies.base import Policy
 
 _REGISTRY: dict[str, type[Policy]] = {}
@@ -33,7 +34,11 @@ def policy_class(name: str) -> type[Policy]:
 
 
 def make_policy(name: str, latency_model: LatencyModel, config: SchedulerConfig,
-                options: dict[str, Any] | None = None) -> Policy:
+                options: dict[str, Any] | None = None, *,
+                online_latency: OnlineLatencyOptions | None = None) -> Policy:
+    """The policy `name` with `options` (validated). With `online_latency`, it predicts
+    with `latency_model` corrected online from the iterations it is told of
+    (`Policy.observe_iteration`); without, with `latency_model` as it is."""
     cls = policy_class(name)
     valid = {f.name for f in dataclasses.fields(cls.Options)}
     unknown = set(options or {}) - valid
@@ -44,9 +49,17 @@ def make_policy(name: str, latency_model: LatencyModel, config: SchedulerConfig,
         opts = cls.Options(**(options or {}))
     except (TypeError, ValueError) as e:
         raise ValueError(f"policy {name!r}: bad option: {e}") from None
-    return cls(opts, latency_model, config)
+    source = (latency_model if online_latency is None
+              else OnlineLatencyModel(latency_model, online_latency))
+    return cls(opts, source, config)
 
 
 def _load_builtins() -> None:
     # Importing a policy module registers it; done lazily to keep imports one-way.
-    from sliceserve.policies import edf, fastserve, orca, slice, slice_paper, vllm  # noqa: F401
+    # Registration order is listing order: the original policies, then the SLO-aware
+    # baselines added later.
+    import importlib
+
+    for module in ("edf", "fastserve", "orca", "slice", "slice_paper", "vllm", "andes",
+                   "scorpio", "sglang"):
+        importlib.import_module(f"sliceserve.policies.{module}")

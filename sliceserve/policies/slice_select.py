@@ -31,6 +31,12 @@ class Candidate:
     charge_ms: float  # marginal latency of that prefill
     lifetime_blocks: int
     feasible: bool  # its SLO can still be met
+    # The part of that prefill this period must run for it to finish in time: the whole of
+    # it, or (`prefill_pacing="deadline"`) its share of the time left until it is due.
+    period_charge_ms: float = 0.0
+    # Decode iterations it takes in this period's mask: its rate, or 0 while its prompt still
+    # needs more than a period (`prefill_then_decode`): it cannot decode in this period.
+    mask_rate: int = 0
 
 
 @dataclass(slots=True)
@@ -100,7 +106,19 @@ class Selector:
                      + (prefill * lm.prefill_ms_per_token + attention_ms) / l1)
         charge = (lm.prefill_ms_per_token + lm.context_ms_per_token) * prefill + attention_ms
         lifetime = self.config.blocks_for(r.num_prompt_tokens + r.max_tokens)
-        return Candidate(r, rate, tier, rank, prefill, charge, lifetime, feasible)
+        period_charge = charge
+        if prefill and opts.prefill_pacing == "deadline":
+            if started:  # a recompute: as much time as it is ahead of its mean-TPOT pace
+                due_s = r.first_token_s + r.num_output_tokens * slo.tpot_ms / 1000.0
+                window_ms = (due_s - now_s) * 1000.0
+            else:  # the time left for its prompt: until its first-token deadline, less a step
+                window_ms = (r.ttft_deadline_s - now_s) * 1000.0 - l1
+            period_charge = charge * self.period_ms / max(window_ms, self.period_ms)
+        mask_rate = rate
+        if opts.prefill_then_decode and prefill_ms > self.period_ms:
+            mask_rate = 0
+        return Candidate(r, rate, tier, rank, prefill, charge, lifetime, feasible,
+                         period_charge, mask_rate)
 
     def select(self, candidates: list[Candidate], budget_ms: float,
                credit: Mapping[str, int], now_s: float) -> list[Candidate]:
@@ -120,11 +138,12 @@ class Selector:
         for c in candidates:
             if len(chosen) >= opts.max_rows:
                 break
-            charge = c.charge_ms if opts.prefill_aware else 0.0
+            charge = c.period_charge_ms if opts.prefill_aware else 0.0
             new_row = c.request.request_id not in credit or not opts.spread_mask
             fits = not opts.memory_aware or blocks + c.lifetime_blocks <= total_blocks
             if fits and c.rate <= width:  # a lower bound: every one of its ones costs >= step
-                fits = t_now_ms + c.rate * self._min_step_ms + charges_ms + charge <= budget_ms
+                fits = (t_now_ms + c.mask_rate * self._min_step_ms + charges_ms + charge
+                        <= budget_ms)
             if fits and new_row and charge >= failed_charge.get(c.rate, math.inf):
                 fits = False
             if fits:
@@ -136,7 +155,7 @@ class Selector:
                 if not fits and new_row:
                     failed_charge[c.rate] = min(charge, failed_charge.get(c.rate, math.inf))
             if fits and opts.prefill_aware and c.prefill_tokens:
-                fits = self.ttft_holds(pending, c, t_ms / max(new_width, 1), now_s)
+                fits = self.ttft_holds(pending, c, t_ms, new_width, budget_ms, now_s)
             if not fits:
                 if opts.skip_and_continue:
                     continue
@@ -146,7 +165,7 @@ class Selector:
             failed_charge.clear()
             blocks += c.lifetime_blocks
             if c.prefill_tokens:
-                charges_ms += c.charge_ms
+                charges_ms += c.period_charge_ms
                 pending.append(self.pending(c))
         return chosen
 
@@ -155,21 +174,35 @@ class Selector:
         return Pending(math.inf if started else c.request.ttft_deadline_s, c.prefill_tokens,
                         c.charge_ms)
 
-    def ttft_holds(self, pending: list[Pending], c: Candidate, column_ms: float,
-                    now_s: float) -> bool:
-        """Predicted first tokens, prefills run earliest deadline first, all still on time."""
+    def ttft_holds(self, pending: list[Pending], c: Candidate, mask_ms: float, width: int,
+                   budget_ms: float, now_s: float) -> bool:
+        """Predicted first tokens, prefills run earliest deadline first, all still on time.
+
+        With fixed `prefill_chunk_tokens`, every chunk rides a decode column. Else prompts
+        get the period's time beyond the mask's decode columns (all of it when nothing
+        decodes), `1 - mask_ms / budget_ms` of the device, then a column for the first token.
+        """
         queue = sorted([*pending, self.pending(c)], key=lambda p: p.deadline_s)
+        column_ms = max(mask_ms / max(width, 1), self._l(1))
         chunk = self.options.prefill_chunk_tokens
+        share = 1.0 if not width else 1.0 - mask_ms / budget_ms
+        if chunk is None and share <= 0:
+            return False
         t_ms, tokens = 0.0, 0
         for p in queue:
             tokens += p.tokens
             t_ms += p.charge_ms
-            done_s = now_s + (t_ms + math.ceil(tokens / chunk) * max(column_ms, self._l(1))) / 1e3
-            if done_s > p.deadline_s:
+            if chunk is not None:
+                ready_ms = t_ms + math.ceil(tokens / chunk) * column_ms
+            else:
+                ready_ms = t_ms / share + column_ms
+            if now_s + ready_ms / 1e3 > p.deadline_s:
                 return False
         return True
 
     def row_columns(self, c: Candidate, width: int, credit: Mapping[str, int]) -> Iterable[int]:
+        if not c.mask_rate:
+            return ()
         if not self.options.spread_mask:
             return range(c.rate)
         rid = c.request.request_id

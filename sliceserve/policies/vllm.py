@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sliceserve.config import SchedulerConfig
-from sliceserve.latency_model import LatencyModel
 from sliceserve.policies.base import (
     Budget,
     Decision,
+    LatencySource,
     Policy,
     PolicyOptions,
     RequestView,
@@ -155,7 +155,7 @@ class VllmPriorityPolicy(VllmPolicy):
 
     name = "vllm-priority"
 
-    def __init__(self, options: PolicyOptions, latency_model: LatencyModel,
+    def __init__(self, options: PolicyOptions, latency_model: LatencySource,
                  config: SchedulerConfig) -> None:
         super().__init__(options, latency_model, config)
         self._waiting = RequestHeap()

@@ -2,9 +2,9 @@
 
 Request metrics are recorded once per request, when it ends (a scheduler finish listener, on
 the engine thread): latencies of completed requests, how each one ended, and whether its SLO
-was met, all by `slo_class`. Queue gauges are refreshed after every iteration; iteration
-times and the latency model's predictions come from `IterationLog`. One registry per server,
-so several can live in one process (tests).
+was met, all by `slo_class`. Queue gauges and the online latency model's correction factors
+are refreshed after every iteration; iteration times and the latency model's predictions come
+from `IterationLog`. One registry per server, so several can live in one process (tests).
 """
 
 from __future__ import annotations
@@ -73,6 +73,10 @@ class ServerMetrics:
                                    registry=r)
         self.ratio = Gauge(P + "latency_model_measured_over_predicted", "Measured / predicted "
                            "iteration time over the recent iterations", ["kind"], registry=r)
+        self.correction = Gauge(P + "latency_model_correction_factor", "The online latency "
+                                "model's current factor over the profile, per part (decode, "
+                                "prompt); absent when the policy plans with the profile frozen",
+                                ["kind"], registry=r)
         self.http_errors = Counter(P + "http_errors", "Error answers, by status and code",
                                    ["status", "code"], registry=r)
         for label in class_labels:  # every class shows from the start, at 0
@@ -128,6 +132,10 @@ class ServerMetrics:
                 gauge.labels(label).set(n)
         total = scheduler.config.num_kv_blocks
         self.kv_usage.set(1.0 - scheduler.blocks.num_free_blocks / total)
+        correction = scheduler.policy.latency_correction()
+        if correction is not None:
+            for kind in ("decode", "prompt"):
+                self.correction.labels(kind).set(correction[f"{kind}_factor"])
 
     def on_iteration(self, it: Iteration, ratio: Callable[[], dict[str, float | None]]) -> None:
         self.iteration.labels(it.kind).observe(it.measured_ms / 1000.0)

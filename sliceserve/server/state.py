@@ -106,7 +106,9 @@ def engine_state(engine: Engine, log: IterationLog | None, iterations: int = 32,
     return {
         "object": "sliceserve.state", "time_s": round(now, 4), "unix_time": time.time(),
         "policy": {"name": policy.name, "options": policy.options.to_dict(),
-                   "state": policy.state()},
+                   "state": policy.state(),
+                   # the online latency model's factors (None: it plans with the profile)
+                   "latency_correction": policy.latency_correction()},
         "waiting": [_request_state(r, now) for r in scheduler.waiting],
         "running": [_request_state(r, now) for r in scheduler.running],
         "kv_cache": {"num_blocks": total, "num_free_blocks": blocks.num_free_blocks,

@@ -14,9 +14,11 @@ from typing import Any
 
 from sliceserve.config import SchedulerConfig
 from sliceserve.latency_model import LatencyModel
+from sliceserve.latency_online import OnlineLatencyOptions
 from sliceserve.metrics.results import build_run
 from sliceserve.metrics.slo import RequestRecord
 from sliceserve.policies.registry import make_policy, policy_class
+from sliceserve.sim.sim_executor import Slowdown
 from sliceserve.sim.simulator import simulate
 from sliceserve.workloads import DEFAULT_CV, Traffic, Workload, is_trace_path, make_traffic
 
@@ -46,7 +48,9 @@ def simulate_run(workload: WorkloadArg, policy_name: str, rate: float | None = 1
                  policy_options: Mapping[str, Any] | None = None,
                  config: SchedulerConfig | None = None, *, cv: float = DEFAULT_CV,
                  class_defaults: WorkloadArg | None = None,
-                 max_time_s: float | None = None, per_request: bool = False) -> dict[str, Any]:
+                 max_time_s: float | None = None, per_request: bool = False,
+                 online_latency: bool = True,
+                 slowdown: Slowdown | None = None) -> dict[str, Any]:
     """Simulate one run and return its result object (with one row per request when
     `per_request`).
 
@@ -59,18 +63,28 @@ def simulate_run(workload: WorkloadArg, policy_name: str, rate: float | None = 1
                            num_requests=num_requests, seed=seed, latency_model=model, cv=cv,
                            class_defaults=class_defaults)  # type: ignore[arg-type]
     return run_traffic(traffic, policy_name, model, policy_options, config,
-                       max_time_s=max_time_s, per_request=per_request)
+                       max_time_s=max_time_s, per_request=per_request,
+                       online_latency=online_latency, slowdown=slowdown)
 
 
 def run_traffic(traffic: Traffic, policy_name: str, latency_model: LatencyModel,
                 policy_options: Mapping[str, Any] | None = None,
                 config: SchedulerConfig | None = None, *,
-                max_time_s: float | None = None, per_request: bool = False) -> dict[str, Any]:
-    """Serve `traffic` in the simulator under one policy; the run's result object."""
+                max_time_s: float | None = None, per_request: bool = False,
+                online_latency: bool = True,
+                slowdown: Slowdown | None = None) -> dict[str, Any]:
+    """Serve `traffic` in the simulator under one policy; the run's result object (with one
+    row per request when `per_request`).
+
+    `latency_model` is the device's truth (the executor's durations, stretched by `slowdown`)
+    and the policy's profile; with `online_latency` the policy corrects that profile from
+    the iterations it sees (as live runs do), else it plans with it frozen.
+    """
     config = config or scheduler_config_for(latency_model)
-    policy = make_policy(policy_name, latency_model, config, dict(policy_options or {}))
+    policy = make_policy(policy_name, latency_model, config, dict(policy_options or {}),
+                         online_latency=OnlineLatencyOptions() if online_latency else None)
     result = simulate(traffic.to_requests(), policy, latency_model, config,
-                      max_time_s=max_time_s)
+                      max_time_s=max_time_s, slowdown=slowdown)
     records = [RequestRecord.from_request(r) for r in result.requests]
     # All requests may end at arrival (rejected): the run lasts at least until the last one.
     last_arrival_s = max((spec.arrival_s for spec in traffic.requests), default=0.0)
@@ -81,7 +95,7 @@ def run_traffic(traffic: Traffic, policy_name: str, latency_model: LatencyModel,
         arrival=traffic.arrival, rate_rps=traffic.rate_rps, arrival_cv=traffic.cv,
         seed=traffic.seed, model=latency_model.model, device=latency_model.device,
         latency_model=latency_model.name, class_order=traffic.class_order,
-        per_request=per_request)
+        per_request=per_request, latency_correction=policy.latency_correction())
 
 
 @dataclass(frozen=True)
@@ -100,12 +114,15 @@ class _Task:
     cv: float
     class_defaults: WorkloadArg | None
     max_time_s: float | None
+    online_latency: bool = True
+    slowdown: Slowdown | None = None
 
     def run(self) -> dict[str, Any]:
         return simulate_run(self.workload, self.policy, self.rate, self.arrival,
                             self.num_requests, self.seed, self.latency_model,
                             self.policy_options, self.config, cv=self.cv,
-                            class_defaults=self.class_defaults, max_time_s=self.max_time_s)
+                            class_defaults=self.class_defaults, max_time_s=self.max_time_s,
+                            online_latency=self.online_latency, slowdown=self.slowdown)
 
 
 def _run_task(task: _Task) -> dict[str, Any]:
@@ -118,7 +135,8 @@ def sweep(workload: WorkloadArg, policies: Sequence[str], rates: Sequence[float]
           policy_options: Mapping[str, Mapping[str, Any]] | None = None,
           config: SchedulerConfig | None = None, *, cv: float = DEFAULT_CV,
           class_defaults: WorkloadArg | None = None, max_time_s: float | None = None,
-          jobs: int = 1, progress: Progress | None = None) -> list[dict[str, Any]]:
+          jobs: int = 1, progress: Progress | None = None, online_latency: bool = True,
+          slowdown: Slowdown | None = None) -> list[dict[str, Any]]:
     """Runs for every policy x rate, policy-major in the given order (whatever `jobs` is).
 
     `policy_options` maps a policy name to its options. A trace workload ignores `rates` and
@@ -137,7 +155,8 @@ def sweep(workload: WorkloadArg, policies: Sequence[str], rates: Sequence[float]
     model = load_latency_model(latency_model)
     options = policy_options or {}
     tasks = [_Task(workload, policy, rate, arrival, num_requests, seed, model,
-                   options.get(policy), config, cv, class_defaults, max_time_s)
+                   options.get(policy), config, cv, class_defaults, max_time_s,
+                   online_latency, slowdown)
              for policy in policies for rate in rates_or_none]
     runs: list[dict[str, Any]] = []
     if jobs <= 1 or len(tasks) == 1:

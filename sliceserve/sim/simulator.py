@@ -19,7 +19,7 @@ from sliceserve.engine.engine import Engine
 from sliceserve.latency_model import LatencyModel
 from sliceserve.policies.base import Policy
 from sliceserve.request import Request
-from sliceserve.sim.sim_executor import SimExecutor
+from sliceserve.sim.sim_executor import SimExecutor, Slowdown
 
 
 @dataclass
@@ -31,14 +31,17 @@ class SimulationResult:
 
 def simulate(requests: Sequence[Request], policy: Policy, latency_model: LatencyModel,
              config: SchedulerConfig, *, max_time_s: float | None = None,
-             on_step: Callable[[Engine], None] | None = None) -> SimulationResult:
+             on_step: Callable[[Engine], None] | None = None,
+             slowdown: Slowdown | None = None) -> SimulationResult:
     """Run `requests` (fresh, any order) to completion under `policy`.
 
+    `latency_model` is the ground truth the executor's durations come from (the policy plans
+    with its own model, usually the same). `slowdown` stretches them for a while.
     `max_time_s` bounds virtual time: requests unfinished then are aborted with a reason.
     `on_step` is called after every step (for invariant checks in tests).
     """
     clock = VirtualClock()
-    engine = Engine(Scheduler(config, policy), SimExecutor(latency_model), clock)
+    engine = Engine(Scheduler(config, policy), SimExecutor(latency_model, slowdown), clock)
     pending, iterations = serve_arrivals(
         engine, requests, clock.advance_to, max_time_s=max_time_s, on_step=on_step,
         limit_reason=f"simulation time limit {max_time_s} s reached")
