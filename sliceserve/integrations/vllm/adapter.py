@@ -18,7 +18,7 @@ import importlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
@@ -29,8 +29,9 @@ from vllm.v1.request import RequestStatus
 from sliceserve.config import SchedulerConfig
 from sliceserve.integrations.vllm import compat
 from sliceserve.integrations.vllm.latency import OnlineLatencyFit, StepShape, StepTimer
-from sliceserve.integrations.vllm.plan import StepPlan, plan_step
+from sliceserve.integrations.vllm.plan import StepPlan, carry_out, plan_step
 from sliceserve.integrations.vllm.settings import PluginSettings, slo_from_args
+from sliceserve.integrations.vllm.stats import AdapterStats
 from sliceserve.integrations.vllm.view import Queues, ReqView, SchedView, status_map
 from sliceserve.latency_model import LatencyModel, chunk_pairs
 from sliceserve.policies.base import EMPTY_DECISION, Policy, PolicyError, Rejection
@@ -41,23 +42,6 @@ from sliceserve.policies.registry import make_policy
 log = logging.getLogger("vllm.plugins.sliceserve")
 CODE_INVALID_SLO = "invalid_slo"
 LOG_INTERVAL_S = 60.0
-
-
-@dataclass
-class AdapterStats:
-    steps: int = 0  # schedule() calls
-    planned_steps: int = 0  # carried out a policy's batch
-    fallback_steps: int = 0  # the policy scheduled nothing: vLLM's own step
-    zero_token_steps: int = 0  # a planned step in which vLLM scheduled nothing (must stay 0)
-    masked_rows: int = 0  # summed over steps
-    unmasked_rows: int = 0  # left out by the policy, run anyway (no contention)
-    held_back: int = 0  # waiting requests held back, summed over steps
-    rejected: int = 0
-    preempted_by_policy: int = 0
-    policy_rebuilds: int = 0  # after a latency refit
-    adapter_s: float = 0.0  # the adapter's own time (not the policy's, not vLLM's)
-    policy_s: float = 0.0
-    max_running: int = 0
 
 
 class Adapter:
@@ -129,8 +113,8 @@ class Adapter:
             policy.on_admit(view, self.view)
         self.policy = policy
         self.stats.policy_rebuilds += 1
-        log.info("sliceserve: latency model refitted (%s): decode %.1f ms + %.2f ms/row, "
-                 "prefill %.3f ms/token", model.notes, model.decode_ms[0],
+        log.info("sliceserve: latency model refitted (%s): decode %.1f ms at batch 1, "
+                 "+%.2f ms a row; prefill %.3f ms a token", model.notes, model.decode_ms[0],
                  model.decode_slope_ms, model.prefill_ms_per_token)
 
     # --- events from vLLM ---
@@ -207,39 +191,12 @@ class Adapter:
                   ) -> Any:
         if plan is None:
             return base(throttle)
-        s, stats = self.s, self.stats
+        stats = self.stats
         stats.planned_steps += 1
         stats.masked_rows += len(plan.masked)
         stats.unmasked_rows += plan.num_unmasked
         stats.held_back += plan.num_held
-        skip_until = s.current_step + 2  # schedule() counts this step first, then checks
-        for req in plan.masked:
-            if req.next_decode_eligible_step < skip_until:
-                req.next_decode_eligible_step = skip_until
-        s.running[:] = plan.running_order
-        waiting, holding = s.waiting, s.kv_holding_waiting
-        admit_ids = {r.request_id for r in plan.admit}
-        held_w = [r for r in waiting if r.request_id not in admit_ids]
-        held_k = [r for r in holding if r.request_id not in admit_ids]
-        # Admissions in the batch's order, each from the queue vLLM keeps it in (a request
-        # waiting for something else, e.g. a streaming session's next input, is in neither).
-        in_waiting = {r.request_id for r in waiting} if len(held_w) < len(waiting) else set()
-        in_holding = {r.request_id for r in holding} if len(held_k) < len(holding) else set()
-        budget = s.max_num_scheduled_tokens
-        s.waiting = FCFSRequestQueue(r for r in plan.admit if r.request_id in in_waiting)
-        s.kv_holding_waiting = FCFSRequestQueue(r for r in plan.admit
-                                                if r.request_id in in_holding)
-        s.max_num_scheduled_tokens = min(budget, plan.token_budget)
-        try:
-            return base(throttle)
-        finally:
-            left_w, left_k = list(s.waiting), list(s.kv_holding_waiting)
-            waiting.clear()
-            waiting.extend(left_w + held_w)
-            holding.clear()
-            holding.extend(left_k + held_k)
-            s.waiting, s.kv_holding_waiting = waiting, holding
-            s.max_num_scheduled_tokens = budget
+        return carry_out(self.s, plan, lambda: base(throttle), FCFSRequestQueue)
 
     def _after_schedule(self, out: Any, plan: StepPlan | None) -> None:
         s, views, queues, policy, view = self.s, self.views, self.queues, self.policy, self.view
@@ -265,14 +222,15 @@ class Adapter:
                             "next step is vLLM's own")
             return
         requests = s.requests
-        context = 0
+        total = out.total_num_scheduled_tokens
+        # vLLM advanced num_computed_tokens already: the context read is what was there before
+        context = sum(requests[rid].num_computed_tokens for rid in scheduled) - total
         pairs = 0.0
-        for rid, num in scheduled.items():
-            computed = requests[rid].num_computed_tokens - num  # vLLM advanced it already
-            context += computed
-            if num > 1:
-                pairs += chunk_pairs(num, computed)
-        shape = StepShape(len(scheduled), out.total_num_scheduled_tokens, context, pairs)
+        if total > len(scheduled):  # prompt chunks
+            for rid, num in scheduled.items():
+                if num > 1:
+                    pairs += chunk_pairs(num, requests[rid].num_computed_tokens - num)
+        shape = StepShape(len(scheduled), total, context, pairs)
         self.timer.scheduled(out, shape, time.perf_counter())
 
     def update(self, out: Any, model_output: Any, base: Callable[[Any, Any], Any]) -> Any:
@@ -283,22 +241,22 @@ class Adapter:
         now = self.clock()
         views = self.views
         finished = []
-        for rid in out.num_scheduled_tokens:
-            v = views.get(rid)
-            if v is None:
-                continue
-            req = v.req
-            n = req.num_output_tokens
-            if n > v.num_seen_outputs:
-                if v.first_token_s is None:
-                    v.first_token_s = now
-                v.last_token_s = now
-                v.num_seen_outputs = n
-            if req.is_finished():
-                finished.append(req)
-            elif v.is_running and req.status != RequestStatus.RUNNING:
-                self.queues.preempt(v)  # a resumable session's turn ended: waiting again
-                self.policy.on_preempt(v, self.view)
+        for outputs in result.values():
+            for output in outputs.outputs:
+                v = views.get(output.request_id)
+                if v is None:
+                    continue
+                if output.new_token_ids:
+                    if v.first_token_s is None:
+                        v.first_token_s = now
+                    v.last_token_s = now
+                if output.finish_reason is not None:
+                    req = v.req
+                    if req.is_finished():
+                        finished.append(req)
+                    elif v.is_running and req.status != RequestStatus.RUNNING:
+                        self.queues.preempt(v)  # a resumable session's turn ended: waiting
+                        self.policy.on_preempt(v, self.view)
         self.finished(finished)
         if self._outputs:
             for client, output in self._outputs:
@@ -352,10 +310,6 @@ class Adapter:
 
     def state(self) -> dict[str, Any]:
         """For logs and dashboards (JSON-serializable)."""
-        stats = asdict(self.stats)
-        steps = max(1, self.stats.steps)
-        stats["adapter_ms_per_step"] = round(1000.0 * self.stats.adapter_s / steps, 4)
-        stats["policy_ms_per_step"] = round(1000.0 * self.stats.policy_s / steps, 4)
         model = self.fit.model
         return {"policy": self.settings.policy, "policy_state": self.policy.state(),
                 "waiting": len(self.queues.waiting), "running": len(self.queues.running),
@@ -363,4 +317,4 @@ class Adapter:
                                   "decode_slope_ms": model.decode_slope_ms,
                                   "prefill_ms_per_token": model.prefill_ms_per_token,
                                   "observed_steps": self.fit.num_observed},
-                "stats": stats}
+                "stats": self.stats.to_dict()}

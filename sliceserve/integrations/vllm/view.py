@@ -42,7 +42,7 @@ class ReqView:
 
     __slots__ = ("req", "request_id", "arrival_s", "slo", "num_prompt_tokens", "max_tokens",
                  "ttft_deadline_s", "deadline_s", "first_token_s", "last_token_s",
-                 "num_seen_outputs", "is_running", "rejected", "seq", "_statuses")
+                 "is_running", "rejected", "seq", "_statuses")
 
     def __init__(self, req: Any, slo: SLO, seq: int, statuses: dict[Any, RequestStatus]) -> None:
         self.req = req
@@ -56,7 +56,6 @@ class ReqView:
                            else self.arrival_s + slo.deadline_ms / 1000.0)
         self.first_token_s: float | None = None
         self.last_token_s: float | None = None
-        self.num_seen_outputs = 0
         self.is_running = False  # in the policy's running queue
         self.rejected = False
         self.seq = seq  # arrival order among equal arrival times
