@@ -129,6 +129,20 @@ def test_the_self_check_refuses_unsupported_versions(offline: dict) -> None:
     assert "Scheduler.no_such_hook" in checks["missing"]
 
 
+def test_every_registered_policy_runs_inside_vllm(offline: dict) -> None:
+    from sliceserve.policies.registry import policy_names
+
+    assert set(offline["policies"]) == set(policy_names())
+    reference = tokens(offline["reference"])
+    for name, result in offline["policies"].items():
+        outputs, stats = result["outputs"], result["state"]["stats"]
+        assert result["state"]["policy"] == name
+        assert [o["finish_reason"] for o in outputs] == ["length"] * 6, name
+        assert tokens(outputs) == reference, name
+        assert stats["planned_steps"] > 0, name
+        assert stats["zero_token_steps"] == 0, name
+
+
 # --- `vllm serve` with the plug-in, through the OpenAI client ---
 
 

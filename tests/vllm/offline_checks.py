@@ -134,6 +134,14 @@ def main() -> None:
             params(ttft_ms=1, tpot_ms=60000, slo_class="control"),
             params(ttft_ms="soon")])
         results["reject_state"] = adapter.state()
+
+        from sliceserve.policies.registry import policy_names
+
+        results["policies"] = {}
+        for name in [n for n in policy_names() if not n.startswith("test-")]:
+            adapter.select_policy(name)
+            results["policies"][name] = {"outputs": run(llm, PROMPTS, params(**slo)),
+                                         "state": adapter.state()}
     except Exception:  # noqa: BLE001 - reported to the test, which fails with it
         results["error"] = traceback.format_exc()
     with open(sys.argv[2], "w") as f:
