@@ -47,6 +47,12 @@ class SLO:
         _require(bool(self.slo_class), "SLO slo_class must be a non-empty name")
 
 
+# The SLO of a request that comes without one: best effort. Lenient enough that a request an
+# idle CPU serves is "met" (first token within a minute, a token a second after that), so the
+# metrics stay meaningful without asking every offline user for objectives.
+DEFAULT_SLO = SLO(ttft_ms=60_000.0, tpot_ms=1_000.0, utility=1.0, slo_class="best-effort")
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     """How to pick tokens and when to stop. Validated on construction."""

@@ -20,12 +20,7 @@ from sliceserve.engine.engine import Engine
 from sliceserve.latency_model import LatencyModel
 from sliceserve.latency_online import OnlineLatencyOptions
 from sliceserve.policies.registry import make_policy
-from sliceserve.request import SLO
-
-# The SLO of a request that comes without one: best effort. Lenient enough that a request an
-# idle CPU serves is "met" (first token within a minute, a token a second after that), so the
-# metrics stay meaningful without asking every offline user for objectives.
-DEFAULT_SLO = SLO(ttft_ms=60_000.0, tpot_ms=1_000.0, utility=1.0, slo_class="best-effort")
+from sliceserve.request import DEFAULT_SLO  # noqa: F401 - re-exported for the engine's users
 
 # Only stands in while the policy name and options are checked, before the model loads.
 STAND_IN_LATENCY_MODEL = "paper"

@@ -1,0 +1,1 @@
+"""sliceserve's policies inside other engines (one policy, two mechanisms)."""
