@@ -5,7 +5,6 @@ Flags are named as `vllm serve` names them where the meaning is the same.
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 import typer
@@ -66,10 +65,6 @@ def serve(
         help="seconds between returns of free heap memory to the OS (0: never)")] = 60.0,
 ) -> int:
     """Serve the model over an OpenAI-compatible HTTP API with per-request SLOs."""
-    # Before torch loads OpenMP: compute threads that finished a parallel region sleep
-    # instead of spinning, leaving the cores to the HTTP side meanwhile (docs/BENCHMARKS.md,
-    # "Server"). An OMP_WAIT_POLICY the user set wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from sliceserve.server.config import ServerConfig
     from sliceserve.server.runtime import serve as run_server
 
