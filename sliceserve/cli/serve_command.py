@@ -5,6 +5,7 @@ Flags are named as `vllm serve` names them where the meaning is the same.
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -59,12 +60,19 @@ def serve(
     retry_after: Annotated[int, typer.Option(help="Retry-After (s) of a 429")] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn's log level")] = "warning",
     malloc_arena_max: Annotated[int, typer.Option(
-        help="glibc malloc arenas at most (keeps resident memory flat; 0: glibc's "
-        "default)")] = 2,
+        help="glibc malloc arenas at most (0: glibc's default)")] = 0,
+    onednn_cache_capacity: Annotated[int, typer.Option(
+        help="oneDNN primitive cache entries (the CPU linears' compiled kernels, one per "
+        "shape; oneDNN's default 1024 grows resident memory over a run; -1: oneDNN's "
+        "default)")] = 64,
     malloc_trim_interval: Annotated[float, typer.Option(
         help="seconds between returns of free heap memory to the OS (0: never)")] = 60.0,
 ) -> int:
     """Serve the model over an OpenAI-compatible HTTP API with per-request SLOs."""
+    if onednn_cache_capacity < -1:
+        raise BadInput(f"--onednn-cache-capacity must be >= -1, got {onednn_cache_capacity}")
+    if onednn_cache_capacity >= 0:  # read when torch loads oneDNN; the environment wins
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(onednn_cache_capacity))
     from sliceserve.server.config import ServerConfig
     from sliceserve.server.runtime import serve as run_server
 

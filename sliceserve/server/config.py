@@ -35,7 +35,7 @@ class ServerConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     retry_after_s: int = 1  # Retry-After of a 429
     log_level: str = "info"
-    malloc_arena_max: int | None = 2  # glibc malloc arenas (server/memory.py); None: glibc's
+    malloc_arena_max: int | None = None  # glibc malloc arenas (server/memory.py); None: glibc's
     malloc_trim_interval_s: float = 60.0  # malloc_trim every this many seconds; 0: never
 
     def __post_init__(self) -> None:

@@ -10,7 +10,9 @@ spread of shapes seen although nothing stays allocated. Two remedies, no-ops wit
 - `trim()`: `malloc_trim(0)`, which hands the free pages inside every arena back to the OS;
   the server calls it every `--malloc-trim-interval` seconds, on a worker thread.
 
-What they did to a 20-minute soak is measured in docs/BENCHMARKS.md ("Server").
+Measured (docs/BENCHMARKS.md, "Server"): most of a run's growth was live memory, oneDNN's
+primitive cache (`--onednn-cache-capacity`, set in cli/serve_command.py), not free memory in
+the arenas; a small cache's churn leaves free memory that `trim()` does return.
 """
 
 from __future__ import annotations
