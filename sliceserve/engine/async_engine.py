@@ -212,8 +212,7 @@ class AsyncEngine:
                 commands, self._commands = self._commands, []
                 stopping = self._stopping
             try:
-                for command in commands:
-                    self._apply(command)
+                self._apply_all(commands)
                 if stopping:
                     for request in list(self.engine.scheduler.running) + list(
                             self.engine.scheduler.waiting):
@@ -233,6 +232,7 @@ class AsyncEngine:
                 for listener in self.step_listeners:
                     listener(step)
                 timeout = IDLE_RETRY_S if step.idle else 0.0
+                del step  # its requests may have ended: not kept alive while idle
             except Exception as error:  # noqa: BLE001 - every stream must hear of it
                 failures += 1
                 timeout = 0.0
@@ -251,6 +251,12 @@ class AsyncEngine:
                     return
                 if stopping:
                     return
+
+    def _apply_all(self, commands: list[_Add | _Abort | _Call]) -> None:
+        """Apply and forget them (the thread keeps no reference to a request while idle)."""
+        for command in commands:
+            self._apply(command)
+        commands.clear()
 
     def _apply(self, command: _Add | _Abort | _Call) -> None:
         if isinstance(command, _Abort):
