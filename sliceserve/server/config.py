@@ -56,7 +56,8 @@ class ServerConfig:
         if any(not key for key in self.api_keys):
             raise ValueError("--api-key must not be empty")
         if self.malloc_arena_max is not None and self.malloc_arena_max < 1:
-            raise ValueError(f"--malloc-arena-max must be >= 1, got {self.malloc_arena_max}")
+            raise ValueError(f"--malloc-arena-max must be >= 1 (0: glibc's default), got "
+                             f"{self.malloc_arena_max}")
         if not self.malloc_trim_interval_s >= 0:
             raise ValueError(f"--malloc-trim-interval must be >= 0, got "
                              f"{self.malloc_trim_interval_s}")
