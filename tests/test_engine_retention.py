@@ -40,6 +40,8 @@ def _tables(engine: AsyncEngine) -> dict[str, int]:
              "scheduler": scheduler.num_unfinished(), "block_tables": len(scheduler.blocks._tables),
              "commands": len(engine._commands), "outbox": len(engine._outbox)}
     for name, value in vars(scheduler.policy).items():  # the policy's per-request tables
+        if isinstance(value, set) and all(isinstance(x, str) for x in value):
+            continue  # ids of the last plan (rebuilt at the next one): no request kept
         if isinstance(value, (dict, list, set)):
             sizes[f"policy.{name}"] = len(value)
     return sizes

@@ -212,7 +212,7 @@ class SlicePolicy(Policy):
         self._credit.pop(rid, None)
         self._dirty = True
         if not self._active and not self._triaged:  # idle: no plan of finished requests
-            self._rows, self._selected, self._prefills, self._extras = [], set(), [], []
+            self._rows, self._prefills, self._extras = [], [], []
 
     def assess_arrival(self, request: RequestView, view: SchedulerView) -> Rejection | None:
         """Refuse a request whose SLO cannot be met even alone, or whose first token is due
