@@ -63,8 +63,8 @@ def serve(
         help="glibc malloc arenas at most (0: glibc's default)")] = 0,
     onednn_cache_capacity: Annotated[int, typer.Option(
         help="oneDNN primitive cache entries (the CPU linears' compiled kernels, one per "
-        "shape; oneDNN's default 1024 grows resident memory over a run; -1: oneDNN's "
-        "default)")] = 64,
+        "shape; -1: oneDNN's default, 1024, which grows resident memory over a run; 64 kept a "
+        "soak under 5% but may cost speed on varied shapes: docs/BENCHMARKS.md)")] = -1,
     malloc_trim_interval: Annotated[float, typer.Option(
         help="seconds between returns of free heap memory to the OS (0: never)")] = 60.0,
 ) -> int:

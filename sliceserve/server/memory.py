@@ -11,7 +11,7 @@ spread of shapes seen although nothing stays allocated. Two remedies, no-ops wit
   the server calls it every `--malloc-trim-interval` seconds, on a worker thread.
 
 Measured (docs/BENCHMARKS.md, "Server"): most of a run's growth was live memory, oneDNN's
-primitive cache (`--onednn-cache-capacity`, set in cli/serve_command.py), not free memory in
+primitive cache (`--onednn-cache-capacity`, in cli/serve_command.py), not free memory in
 the arenas; a small cache's churn leaves free memory that `trim()` does return.
 """
 
