@@ -3,11 +3,15 @@
     overhead: C concurrent streaming clients (closed loop) on SmolLM2; per request, the
               client's TTFT (request sent -> first text chunk) and TPOT ((last chunk - first
               chunk) / (tokens - 1)) against the engine's own figures for the same request
-              (its slo_report: engine clock, arrival = when the engine got it).
+              (its slo_report: engine clock, arrival = when the engine got it). With
+              `--client httpx,aiohttp` each client library runs in turn on the same server:
+              httpx (what the openai client is built on) on asyncio's loop, and aiohttp (a C
+              HTTP parser) on uvloop, a leaner client for the cores it shares with the server.
     soak:     Poisson arrivals at a fixed rate for a fixed time; resident memory of the
               server sampled every 10 s; every request must complete (zero errors).
 
-    .venv/bin/python scripts/bench_http.py overhead --clients 16 --requests 8 --out X.json
+    .venv/bin/python scripts/bench_http.py overhead --clients 16 --requests 8 --out X.json \
+        --client httpx,aiohttp
     .venv/bin/python scripts/bench_http.py soak --rate 2 --minutes 20 --out Y.json
 
 The server is started by the script (a subprocess, port 0) with the profile in docs/bench as
@@ -54,6 +58,11 @@ def start_server(args: list[str]) -> tuple[subprocess.Popen, str, Path]:
     proc = subprocess.Popen([sys.executable, "-m", "sliceserve.cli", "serve", "--port", "0",
                              "--latency-model", str(PROFILE), *args], stdout=f,
                             stderr=subprocess.STDOUT, cwd=REPO)
+    return proc, wait_ready(proc, log), log
+
+
+def wait_ready(proc: subprocess.Popen, log: Path) -> str:
+    """The server's URL once /health answers 200 (it prints the URL on its log)."""
     deadline = time.monotonic() + 900
     url = None
     while time.monotonic() < deadline:
@@ -65,7 +74,7 @@ def start_server(args: list[str]) -> tuple[subprocess.Popen, str, Path]:
         if url is not None:
             try:
                 if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    return proc, url, log
+                    return url
             except httpx.HTTPError:
                 pass
         time.sleep(0.2)
@@ -88,33 +97,65 @@ def prompt(rng: random.Random, words: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(words))
 
 
+class _Stream:
+    """Client-side times of one streamed completion, fed the stream's lines."""
+
+    def __init__(self) -> None:
+        self.sent = time.perf_counter()
+        self.chunk_times: list[float] = []
+        self.report: dict[str, Any] | None = None
+        self.usage: dict[str, Any] | None = None
+        self.error: Any = None
+
+    def line(self, line: str) -> bool:
+        """Take one line of the event stream; False once the stream reported an error."""
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            return True
+        chunk = json.loads(line[6:])
+        now = time.perf_counter()
+        if "error" in chunk:
+            self.error = chunk["error"]
+            return False
+        if chunk.get("choices") and chunk["choices"][0]["text"]:
+            self.chunk_times.append(now)
+        self.report = chunk.get("slo_report", self.report)
+        self.usage = chunk.get("usage") or self.usage
+        return True
+
+    def result(self) -> dict[str, Any]:
+        times, report, usage = self.chunk_times, self.report, self.usage
+        if self.error or report is None or usage is None or not times:
+            return {"error": self.error or "incomplete stream"}
+        n = usage["completion_tokens"]
+        ttft = (times[0] - self.sent) * 1000.0
+        tpot = (times[-1] - times[0]) * 1000.0 / (n - 1) if n > 1 else 0.0
+        return {"client_ttft_ms": ttft, "client_tpot_ms": tpot,
+                "engine_ttft_ms": report["ttft_ms"], "engine_tpot_ms": report["tpot_ms"],
+                "tokens": n, "chunks": len(times)}
+
+
 async def one_request(client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
-    """Stream one completion; client-side times (perf_counter) and the final report."""
-    sent = time.perf_counter()
-    chunk_times: list[float] = []
-    report = usage = error = None
+    """Stream one completion with httpx (what the openai client is built on)."""
+    stream = _Stream()
     async with client.stream("POST", "/v1/completions", json=body) as r:
         if r.status_code != 200:
             return {"error": f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"}
         async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            now = time.perf_counter()
-            if "error" in chunk:
-                error = chunk["error"]
+            if not stream.line(line):
                 break
-            if chunk.get("choices") and chunk["choices"][0]["text"]:
-                chunk_times.append(now)
-            report = chunk.get("slo_report", report)
-            usage = chunk.get("usage") or usage
-    if error or report is None or usage is None or not chunk_times:
-        return {"error": error or "incomplete stream"}
-    n = usage["completion_tokens"]
-    ttft = (chunk_times[0] - sent) * 1000.0
-    tpot = (chunk_times[-1] - chunk_times[0]) * 1000.0 / (n - 1) if n > 1 else 0.0
-    return {"client_ttft_ms": ttft, "client_tpot_ms": tpot, "engine_ttft_ms": report["ttft_ms"],
-            "engine_tpot_ms": report["tpot_ms"], "tokens": n, "chunks": len(chunk_times)}
+    return stream.result()
+
+
+async def one_request_aiohttp(session: Any, url: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The same with aiohttp (a C HTTP parser): a leaner client on the shared cores."""
+    stream = _Stream()
+    async with session.post(url + "/v1/completions", json=body) as r:
+        if r.status != 200:
+            return {"error": f"HTTP {r.status}: {(await r.read())[:200]!r}"}
+        async for raw in r.content:  # one line at a time
+            if not stream.line(raw.decode("utf-8").rstrip("\r\n")):
+                break
+    return stream.result()
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -124,40 +165,54 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 async def overhead(url: str, clients: int, per_client: int, max_tokens: int,
-                   seed: int) -> list[dict[str, Any]]:
+                   seed: int, lib: str = "httpx") -> list[dict[str, Any]]:
     rng = random.Random(seed)
     results: list[dict[str, Any]] = []
 
-    async def client_loop(c: httpx.AsyncClient, k: int) -> None:
+    def body() -> dict[str, Any]:
+        return {"model": MODEL, "prompt": prompt(rng, 48), "max_tokens": max_tokens,
+                "temperature": 0.0, "ignore_eos": True, "stream": True,
+                "stream_options": {"include_usage": True}}
+
+    if lib == "aiohttp":
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(limit=clients * 2)
+        timeout = aiohttp.ClientTimeout(total=600)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            async def aio_loop() -> None:
+                for _ in range(per_client):
+                    results.append(await one_request_aiohttp(session, url, body()))
+            await asyncio.gather(*(aio_loop() for _ in range(clients)))
+        return results
+
+    async def client_loop(c: httpx.AsyncClient) -> None:
         for _ in range(per_client):
-            body = {"model": MODEL, "prompt": prompt(rng, 48), "max_tokens": max_tokens,
-                    "temperature": 0.0, "ignore_eos": True, "stream": True,
-                    "stream_options": {"include_usage": True}}
-            results.append(await one_request(c, body))
+            results.append(await one_request(c, body()))
 
     limits = httpx.Limits(max_connections=clients * 2)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as c:
-        await asyncio.gather(*(client_loop(c, k) for k in range(clients)))
+        await asyncio.gather(*(client_loop(c) for _ in range(clients)))
     return results
 
 
-def run_overhead(a: argparse.Namespace) -> dict[str, Any]:
-    proc, url, _ = start_server(["--policy", a.policy, "--max-queued-requests", "-1"])
-    try:
-        asyncio.run(overhead(url, 4, 1, 8, seed=99))  # warm-up, not counted
-        started = time.perf_counter()
-        results = asyncio.run(overhead(url, a.clients, a.requests, a.max_tokens, a.seed))
-        wall_s = time.perf_counter() - started
-    finally:
-        code = stop_server(proc)
+def run_client(lib: str, coro: Any) -> Any:
+    """httpx on asyncio's own loop (as the openai client runs by default); aiohttp on uvloop
+    (the lean client: C HTTP parser, C event loop)."""
+    if lib == "aiohttp":
+        import uvloop
+
+        return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
+def overhead_stats(results: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
     ok = [r for r in results if "error" not in r]
     d_ttft = [r["client_ttft_ms"] - r["engine_ttft_ms"] for r in ok]
     d_tpot = [r["client_tpot_ms"] - r["engine_tpot_ms"] for r in ok]
     rel_ttft = [d / r["engine_ttft_ms"] for d, r in zip(d_ttft, ok)]
     rel_tpot = [d / r["engine_tpot_ms"] for d, r in zip(d_tpot, ok)]
-    return {"kind": "http_overhead", "cpu": cpu_name(), "policy": a.policy,
-            "clients": a.clients, "requests": len(results), "errors": len(results) - len(ok),
-            "max_tokens": a.max_tokens, "wall_s": wall_s, "server_exit": code,
+    return {"requests": len(results), "errors": len(results) - len(ok), "wall_s": wall_s,
             "client_ttft_ms": summary([r["client_ttft_ms"] for r in ok]),
             "engine_ttft_ms": summary([r["engine_ttft_ms"] for r in ok]),
             "client_tpot_ms": summary([r["client_tpot_ms"] for r in ok]),
@@ -165,6 +220,28 @@ def run_overhead(a: argparse.Namespace) -> dict[str, Any]:
             "ttft_diff_ms": summary(d_ttft), "tpot_diff_ms": summary(d_tpot),
             "ttft_diff_rel": summary(rel_ttft), "tpot_diff_rel": summary(rel_tpot),
             "per_request": ok}
+
+
+def run_overhead(a: argparse.Namespace) -> dict[str, Any]:
+    """Each client library in turn on the same server (side by side in one run)."""
+    libs = a.client.split(",")
+    proc, url, _ = start_server(["--policy", a.policy, "--max-queued-requests", "-1"])
+    by_client: dict[str, Any] = {}
+    try:
+        for lib in libs:
+            run_client(lib, overhead(url, 4, 1, 8, seed=99, lib=lib))  # warm-up, not counted
+            started = time.perf_counter()
+            results = run_client(lib, overhead(url, a.clients, a.requests, a.max_tokens,
+                                               a.seed, lib))
+            by_client[lib] = overhead_stats(results, time.perf_counter() - started)
+    finally:
+        code = stop_server(proc)
+    out: dict[str, Any] = {"kind": "http_overhead", "cpu": cpu_name(), "policy": a.policy,
+                           "clients": a.clients, "max_tokens": a.max_tokens,
+                           "server_exit": code, "client_libs": libs}
+    if len(libs) == 1:  # the result files' shape before there was a choice of client
+        return {**out, **by_client[libs[0]]}
+    return {**out, "by_client": by_client}
 
 
 def run_soak(a: argparse.Namespace) -> dict[str, Any]:
@@ -229,11 +306,15 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=20.0, help="soak length")
     p.add_argument("--warmup-s", type=float, default=120.0, help="soak: memory counted after")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--client", default="httpx", help="overhead: client libraries run in turn "
+                   "on the same server, comma-separated: httpx, aiohttp")
     p.add_argument("--out", type=Path)
     a = p.parse_args()
     result = run_overhead(a) if a.mode == "overhead" else run_soak(a)
     text = json.dumps(result, indent=1)
     brief = {k: v for k, v in result.items() if k not in ("per_request", "rss_samples")}
+    for stats in brief.get("by_client", {}).values():
+        stats.pop("per_request", None)
     print(json.dumps(brief, indent=1))
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -129,6 +129,11 @@ BAD_INPUTS = {
     "sweep unknown policy": (["sweep", "-w", "paper", "--policies", "orca,nope", "--rates",
                               "0.1"], "unknown policy"),
     "show missing file": (["show", "nope.json"], "nope.json"),
+    "serve bad oneDNN cache": (["serve", "--onednn-cache-capacity", "-2"],
+                               "--onednn-cache-capacity"),
+    "serve bad trim interval": (["serve", "--malloc-trim-interval", "-1"],
+                                "--malloc-trim-interval"),
+    "serve bad arenas": (["serve", "--malloc-arena-max", "-1"], "--malloc-arena-max"),
     "unknown command": (["frobnicate"], "frobnicate"),
 }
 

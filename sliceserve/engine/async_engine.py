@@ -4,7 +4,8 @@ One background thread owns the engine: it runs `engine.step()` while there is wo
 forward blocks, so it cannot run on the event loop) and sleeps on an event when there is none.
 Callers on the event loop never touch the engine: `generate` and `abort` queue commands that
 the thread applies between steps, under a lock; outputs travel back through one asyncio queue
-per request (`loop.call_soon_threadsafe`).
+per request, all of one iteration's in one `loop.call_soon_threadsafe` (one loop wakeup per
+iteration, not one per token).
 
     engine = AsyncEngine(build_engine(policy="slice"))
     await engine.start()
@@ -49,6 +50,9 @@ IDLE_RETRY_S = 0.001
 MAX_STEP_FAILURES = 3  # failed iterations in a row before the engine gives up
 
 
+_Queue = asyncio.Queue[RequestOutput | BaseException]
+
+
 class EngineStepError(RuntimeError):
     """The engine failed while serving this request (the cause is chained)."""
 
@@ -68,7 +72,7 @@ class AsyncEngine:
         self.step_listeners: list[Callable[[StepOutput], None]] = []
         self._lock = threading.Lock()  # guards _commands, _streams, _stopping
         self._commands: list[_Add | _Abort | _Call] = []
-        self._streams: dict[str, asyncio.Queue[RequestOutput | BaseException]] = {}
+        self._streams: dict[str, _Queue] = {}
         self._stopping = False
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -77,6 +81,7 @@ class AsyncEngine:
         # Touched by the engine thread only.
         self._processor = OutputProcessor(live.tokenizer, self.engine.scheduler.finish_request)
         self._ended: list[Request] = []  # filled by the scheduler while the thread runs
+        self._outbox: list[tuple[_Queue, RequestOutput | BaseException]] = []  # to post
 
     # --- life cycle ---
     @property
@@ -144,7 +149,7 @@ class AsyncEngine:
         request = Request(request_id, self.engine.clock.now(), len(token_ids), sampling,
                           slo if slo is not None else DEFAULT_SLO,
                           prompt_token_ids=token_ids, priority=priority)
-        queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        queue: _Queue = asyncio.Queue()
         with self._lock:
             if self._stopping:
                 raise EngineNotRunning("the engine is shutting down")
@@ -207,14 +212,14 @@ class AsyncEngine:
                 commands, self._commands = self._commands, []
                 stopping = self._stopping
             try:
-                for command in commands:
-                    self._apply(command)
+                self._apply_all(commands)
                 if stopping:
                     for request in list(self.engine.scheduler.running) + list(
                             self.engine.scheduler.waiting):
                         self.engine.abort(request.request_id, "the engine shut down",
                                           CODE_SHUTDOWN)
                 self._deliver([])
+                self._post()
                 if stopping:
                     return
                 if not self.engine.has_unfinished():
@@ -223,18 +228,22 @@ class AsyncEngine:
                 step = self.engine.step()
                 failures = 0
                 self._deliver([request for request, _ in step.new_tokens])
+                self._post()  # before the listeners: the tokens go out first
                 for listener in self.step_listeners:
                     listener(step)
                 timeout = IDLE_RETRY_S if step.idle else 0.0
+                del step  # its requests may have ended: not kept alive while idle
             except Exception as error:  # noqa: BLE001 - every stream must hear of it
                 failures += 1
                 timeout = 0.0
                 if isinstance(error, StepError) and failures < self.max_step_failures:
                     self._fail(list(error.request_ids), error)
+                    self._post()
                     continue
                 with self._lock:
                     request_ids = list(self._streams)
                 self._fail(request_ids, error)
+                self._post()
                 if failures >= self.max_step_failures:
                     self.fatal_error = error
                     with self._lock:
@@ -242,6 +251,12 @@ class AsyncEngine:
                     return
                 if stopping:
                     return
+
+    def _apply_all(self, commands: list[_Add | _Abort | _Call]) -> None:
+        """Apply and forget them (the thread keeps no reference to a request while idle)."""
+        for command in commands:
+            self._apply(command)
+        commands.clear()
 
     def _apply(self, command: _Add | _Abort | _Call) -> None:
         if isinstance(command, _Abort):
@@ -283,10 +298,18 @@ class AsyncEngine:
         with self._lock:
             queue = (self._streams.pop(request_id, None) if final
                      else self._streams.get(request_id))
-        if queue is None or self._loop is None:
+        if queue is not None:
+            self._outbox.append((queue, item))
+
+    def _post(self) -> None:
+        """Hand what `_push` collected to the event loop, in order, with one wakeup."""
+        if not self._outbox:
+            return
+        items, self._outbox = self._outbox, []
+        if self._loop is None:
             return
         try:
-            self._loop.call_soon_threadsafe(queue.put_nowait, item)
+            self._loop.call_soon_threadsafe(_put_all, items)
         except RuntimeError:  # the event loop is closed: nobody is listening any more
             pass
 
@@ -301,3 +324,8 @@ class AsyncEngine:
                 self.engine.abort(request_id, f"the engine failed: {error!r}", CODE_ENGINE_ERROR)
             except Exception:  # noqa: BLE001 - best effort: the state may be inconsistent
                 pass
+
+
+def _put_all(items: list[tuple[_Queue, RequestOutput | BaseException]]) -> None:
+    for queue, item in items:
+        queue.put_nowait(item)

@@ -211,6 +211,8 @@ class SlicePolicy(Policy):
             del self._triaged_order[i]
         self._credit.pop(rid, None)
         self._dirty = True
+        if not self._active and not self._triaged:  # idle: no plan of finished requests
+            self._rows, self._prefills, self._extras = [], [], []
 
     def assess_arrival(self, request: RequestView, view: SchedulerView) -> Rejection | None:
         """Refuse a request whose SLO cannot be met even alone, or whose first token is due

@@ -35,6 +35,8 @@ class ServerConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     retry_after_s: int = 1  # Retry-After of a 429
     log_level: str = "info"
+    malloc_arena_max: int | None = None  # glibc malloc arenas (server/memory.py); None: glibc's
+    malloc_trim_interval_s: float = 60.0  # malloc_trim every this many seconds; 0: never
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -53,5 +55,11 @@ class ServerConfig:
             raise ValueError(f"--max-request-bytes must be >= 1024, got {self.max_body_bytes}")
         if any(not key for key in self.api_keys):
             raise ValueError("--api-key must not be empty")
+        if self.malloc_arena_max is not None and self.malloc_arena_max < 1:
+            raise ValueError(f"--malloc-arena-max must be >= 1 (0: glibc's default), got "
+                             f"{self.malloc_arena_max}")
+        if not self.malloc_trim_interval_s >= 0:
+            raise ValueError(f"--malloc-trim-interval must be >= 0, got "
+                             f"{self.malloc_trim_interval_s}")
         if self.retry_after_s < 0:
             raise ValueError(f"--retry-after must be >= 0, got {self.retry_after_s}")

@@ -29,6 +29,7 @@ from sliceserve.config import SchedulerConfig
 from sliceserve.engine.async_engine import AsyncEngine
 from sliceserve.latency_model import LatencyModel
 from sliceserve.policies.registry import make_policy
+from sliceserve.server import memory
 from sliceserve.server.api import create_app
 from sliceserve.server.config import EXIT_ENGINE_FAILED, ServerConfig
 from sliceserve.server.metrics import ServerMetrics
@@ -104,6 +105,8 @@ class Runtime:
 
     def run(self) -> int:
         cfg = self.config
+        if cfg.malloc_arena_max is not None:  # before the loader and engine threads allocate
+            memory.limit_arenas(cfg.malloc_arena_max)
         family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -129,7 +132,12 @@ class Runtime:
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Any) -> AsyncIterator[None]:
         self._spawn(self._load())
+        trim = None
+        if self.config.malloc_trim_interval_s > 0:
+            trim = asyncio.ensure_future(memory.trim_every(self.config.malloc_trim_interval_s))
         yield
+        if trim is not None:
+            trim.cancel()
         if self.state.engine is not None:
             await self.state.engine.shutdown()
 
