@@ -4,7 +4,7 @@ llama-server and llama-cpp-python's server, same model, same machine, same seede
 
     .venv/bin/python scripts/compare.py --out docs/bench/compare           # all phases
     # on a shared machine, in exclusive chunks of at most ~14 minutes until it is done:
-    until /work/tools/cpu-exclusive .venv/bin/python scripts/compare.py --budget-s 780; \
+    until /work/tools/cpu-exclusive .venv/bin/python scripts/compare.py --budget-s 720; \
         do [ $? -eq 3 ] || break; done
 
 Resumable: every run is one result file under OUT/runs/<system>/<scale>/; a point whose file
@@ -12,7 +12,8 @@ exists is skipped, so a stopped or budgeted invocation picks up where the last o
 `--budget-s` stops before starting a point that might not end within the budget (exit 3:
 "more to do"; 0: everything done). Phases, in order:
 1. the device profile (sliceserve's, OUT/device_profile.json): absolute SLOs and the rates;
-2. llama-server's -np: 4, 8 and 16 at loads 1 and 1.5 (one seed), the best kept;
+2. llama-server's -np: 4, 8 and 16 (--tune-np) at loads 1 and 1.5 (--tune-loads; one seed),
+   the best kept;
 3. for each system (one server at a time on 127.0.0.1): start, warm up, measure its batch-1
    speed (for --slo-scale relative), run every (load, seed) point of each scale, stop;
 4. capacity at the SLO by bisection (sliceserve/bench/capacity.py) per system, absolute scale;
@@ -60,11 +61,12 @@ WARMUP_REQUESTS = 6
 
 def all_systems(out: Path) -> dict[str, cs.System]:
     profile = out / "device_profile.json"
-    systems = [cs.sliceserve_system(p, e, profile) for e in ("torch", "llamacpp")
+    # Only the torch executor: `serve --backend` (the llama.cpp executor) is not on main yet.
+    systems = [cs.sliceserve_system(p, "torch", profile)
                for p in ("slice", "slice-paper", "vllm", "vllm-priority", "edf", "orca",
                          "fastserve")]
     systems += [cs.vllm_system("fcfs"), cs.vllm_system("priority")]
-    systems += [cs.llama_server_system(n) for n in (4, 8, 16)]
+    systems += [cs.llama_server_system(n) for n in (1, 2, 4, 8, 16, 32)]
     systems.append(cs.llama_cpp_python_system())
     return {s.name: s for s in systems}
 
@@ -88,8 +90,11 @@ def max_run_s(num_requests: int, rate_rps: float) -> float:
 
 
 def estimate_point_s(num_requests: int, rate_rps: float, load: float) -> float:
-    del load
-    return max_run_s(num_requests, rate_rps) + 30.0
+    """What a point is expected to take, for --budget-s: its arrivals with 10% slack, the
+    backlog an overload leaves (twice the device estimate's, for slower systems) and 30 s
+    of warm-up and writing. A point that runs longer is still cut at max_run_s."""
+    arrivals_s = num_requests / rate_rps
+    return 1.1 * arrivals_s + 2.0 * max(0.0, load - 1.0) * arrivals_s + 30.0
 
 
 def device_profile(out: Path) -> LatencyModel:
@@ -184,24 +189,25 @@ def system_speed(out: Path, system: cs.System, target: Target, maker: PromptMake
 
 def tuned_llama_server(args: argparse.Namespace, device: LatencyModel, maker: PromptMaker,
                        systems: dict[str, cs.System], budget: Budget) -> str | None:
-    """The llama-server system with the best -np (mean attainment at TUNE_LOADS, seed 0,
+    """The llama-server system with the best -np (mean attainment at --tune-loads, seed 0,
     absolute SLOs; those points are the sweep's own); None when the budget stopped it."""
     path = args.out / "llama_np.json"
     if path.exists():
         return str(json.loads(path.read_text())["system"])
-    tune = argparse.Namespace(**{**vars(args), "loads": list(TUNE_LOADS),
+    tune = argparse.Namespace(**{**vars(args), "loads": list(args.tune_loads),
                                  "seeds": [args.seeds[0]], "scales": ["absolute"]})
     scores = {}
-    for n in TUNE_NP:
+    for n in args.tune_np:
         name = f"llama-server-np{n}"
         if not serve_system(systems[name], tune, device, maker, budget):
             return None
         values = [load_results(point_path(args.out, name, "absolute", x, args.seeds[0]))[0]
-                  ["summary"]["slo_attainment"] for x in TUNE_LOADS]
+                  ["summary"]["slo_attainment"] for x in args.tune_loads]
         scores[name] = sum(values) / len(values)
     best = max(scores, key=lambda k: scores[k])
     path.write_text(json.dumps({"system": best, "mean_attainment": scores,
-                                "loads": list(TUNE_LOADS), "seed": args.seeds[0]}, indent=1))
+                                "loads": list(args.tune_loads), "seed": args.seeds[0]},
+                               indent=1))
     return best
 
 
@@ -277,6 +283,10 @@ def main() -> int:
     parser.add_argument("-n", "--num-requests", type=int, default=200)
     parser.add_argument("--workload", default="edge")
     parser.add_argument("--timeout-s", type=float, default=600.0)
+    parser.add_argument("--tune-np", default=",".join(str(n) for n in TUNE_NP),
+                        help="llama-server -np values to try (1, 2, 4, 8, 16 or 32)")
+    parser.add_argument("--tune-loads", default=",".join(f"{x:g}" for x in TUNE_LOADS),
+                        help="loads the -np tuning scores (seed: the first of --seeds)")
     parser.add_argument("--capacity-steps", type=int, default=3)
     parser.add_argument("--no-capacity", action="store_true")
     parser.add_argument("--budget-s", type=float, default=None)
@@ -285,9 +295,13 @@ def main() -> int:
     args.loads = [float(x) for x in args.loads.split(",")]
     args.seeds = [int(x) for x in args.seeds.split(",")]
     args.scales = [x for x in args.scales.split(",") if x]
+    args.tune_np = [int(x) for x in args.tune_np.split(",")]
+    args.tune_loads = [float(x) for x in args.tune_loads.split(",")]
     systems = all_systems(args.out)
     args.systems = [x for x in args.systems.split(",") if x]
     unknown = [x for x in args.systems if x not in systems and x != TUNED]
+    unknown += [f"llama-server-np{n}" for n in args.tune_np
+                if f"llama-server-np{n}" not in systems]
     if unknown:
         parser.error(f"unknown systems {unknown}; known: {', '.join(systems)}")
     if args.report:

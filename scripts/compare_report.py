@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sliceserve.metrics.aggregate import group, labels, metric_spread, rates, run_label
+from sliceserve.metrics.aggregate import group, labels, metric_spread, rates, run_label, spread
 from sliceserve.metrics.plots import plot_sweep
 from sliceserve.metrics.plots_single import plot_single_rate
 from sliceserve.metrics.results import load_results
@@ -32,6 +32,34 @@ def _cell(members: Sequence[dict[str, Any]], metric: str, class_name: str | None
     if percent:
         return f"{100 * med:.1f}% ({100 * low:.0f}-{100 * high:.0f})"
     return f"{med:.3g} ({low:.3g}-{high:.3g})"
+
+
+LIGHT_METRICS = (("slo_attainment", None, "attainment"), ("utility_attainment", None, "utility"),
+                 ("goodput_rps", None, "goodput (req/s)"), ("ttft_ms", "p50", "TTFT p50 (ms)"),
+                 ("ttft_ms", "p90", "TTFT p90 (ms)"), ("tpot_ms", "p50", "TPOT p50 (ms)"),
+                 ("tpot_ms", "p90", "TPOT p90 (ms)"))
+
+
+def light_table(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """Every metric at the lightest load, median (min-max) over seeds: the "no cost for its
+    care" check (latencies of completed requests only)."""
+    light = min(r["load"] for r in runs)
+    at = [r for r in runs if r["load"] == light]
+    lines = [f"### Light load ({light:g})", "",
+             "| system | " + " | ".join(name for *_, name in LIGHT_METRICS) + " |",
+             "|---" * (len(LIGHT_METRICS) + 1) + "|"]
+    for label in labels(at):
+        members = [r for r in at if run_label(r) == label]
+        cells = []
+        for metric, sub, _ in LIGHT_METRICS:
+            if sub is None:
+                cells.append(_cell(members, metric, percent=metric.endswith("attainment")))
+                continue
+            value = spread([r["summary"][metric][sub] for r in members])
+            cells.append("-" if value is None else
+                         f"{value[0]:.0f} ({value[1]:.0f}-{value[2]:.0f})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def load_runs(out: Path, systems: Sequence[str], scale: str) -> list[dict[str, Any]]:
@@ -103,6 +131,8 @@ def write_report(out: Path, systems: Sequence[str], seeds: Sequence[int]) -> Pat
             continue
         text += [f"## SLO attainment, {scale} SLOs (median (min-max) over seeds)", "",
                  *attainment_table(runs), ""]
+        if len({r["load"] for r in runs}) > 1:
+            text += [*light_table(runs), ""]
         if any(r["load"] == OVERLOAD for r in runs):
             text += [f"### By class at load {OVERLOAD:g}", "", *class_table(runs, OVERLOAD), ""]
             plot_single_rate([r for r in runs if r["load"] == OVERLOAD],

@@ -122,8 +122,9 @@ class Running:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.system.name} exited with {self.process.returncode} "
                                    f"while starting (see {self.log.name})")
-            try:
-                if httpx.get(self.base_url + "/v1/models", timeout=2.0).status_code == 200:
+            try:  # sliceserve answers /v1/models while its model loads: /health says when
+                if all(httpx.get(self.base_url + path, timeout=2.0).status_code == 200
+                       for path in ("/health", "/v1/models")):
                     return time.monotonic() - start
             except httpx.HTTPError:
                 pass
