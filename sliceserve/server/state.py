@@ -20,7 +20,6 @@ from sliceserve.engine.engine import Engine, Executor
 from sliceserve.latency_model import LatencyModel
 from sliceserve.policies.base import tokens_to_compute
 from sliceserve.request import Request
-from sliceserve.sim.sim_executor import plan_shape
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +49,7 @@ class IterationLog:
     def execute(self, plan: Plan) -> ExecuteResult:
         result = self.executor.execute(plan)
         if plan.chunks:
-            rows, new, context, pairs = plan_shape(plan)
+            rows, new, context, pairs = plan.shape()
             predicted = self.latency_model.iteration_ms(rows, new, context, pairs)
             it = Iteration(self._clock(), "decode" if new == rows
                            else "prefill", rows, new, context, result.duration_s * 1000.0,

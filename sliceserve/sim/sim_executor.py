@@ -59,8 +59,3 @@ class SimExecutor:
         if self.slowdown is not None:
             ms *= self.slowdown.at(plan.now_s)
         return ExecuteResult(token_ids=tokens, duration_s=ms / 1000.0)
-
-
-def plan_shape(plan: Plan) -> tuple[int, int, int, float]:
-    """`Plan.shape()` (kept for callers of the old name)."""
-    return plan.shape()
