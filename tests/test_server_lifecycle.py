@@ -48,8 +48,11 @@ async def read_stream(c: httpx.AsyncClient, request: dict[str, Any],
 
 def drain_run(drain_timeout_s: int, second_signal: bool) -> tuple[list[dict], list[int], str]:
     """Three short and three long streams in flight, then SIGTERM; with `second_signal`, the
-    short ones are let finish first and a second SIGTERM cuts the drain short."""
-    srv = ServerProcess(["--drain-timeout", str(drain_timeout_s)])
+    short ones are let finish first and a second SIGTERM cuts the drain short. The KV cache
+    holds all six whole (3 x 1004 tokens, 70 MiB in bf16, 140 MiB in float32; the default
+    test server's 0.05 GB holds about 2,300 bf16 tokens), so no long stream waits for another
+    to end and is still streaming at SIGTERM."""
+    srv = ServerProcess(["--drain-timeout", str(drain_timeout_s), "--kv-cache-memory-gb", "0.3"])
     try:
         srv.wait_ready()
 
