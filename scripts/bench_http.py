@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import random
 import re
@@ -52,12 +53,27 @@ def cpu_name() -> str:
     return f"{model.group(1).strip() if model else platform.processor()} ({' '.join(marks)})"
 
 
-def start_server(args: list[str]) -> tuple[subprocess.Popen, str, Path]:
+def cpu_set(text: str | None) -> set[int] | None:
+    """"0" or "0,1" or "0-3" -> CPU numbers; None or "" -> no pinning."""
+    if not text:
+        return None
+    cpus: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def start_server(args: list[str], cpus: set[int] | None = None
+                 ) -> tuple[subprocess.Popen, str, Path]:
+    """The server, pinned to `cpus` (its compute threads one per CPU) when given."""
     log = Path(f"/tmp/bench-http-{time.time_ns()}.log")
     f = open(log, "w")  # noqa: SIM115 - lives as long as the server
+    pin = ["--threads", str(len(cpus))] if cpus else []
     proc = subprocess.Popen([sys.executable, "-m", "sliceserve.cli", "serve", "--port", "0",
-                             "--latency-model", str(PROFILE), *args], stdout=f,
-                            stderr=subprocess.STDOUT, cwd=REPO)
+                             "--latency-model", str(PROFILE), *pin, *args], stdout=f,
+                            stderr=subprocess.STDOUT, cwd=REPO,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
     return proc, wait_ready(proc, log), log
 
 
@@ -225,7 +241,8 @@ def overhead_stats(results: list[dict[str, Any]], wall_s: float) -> dict[str, An
 def run_overhead(a: argparse.Namespace) -> dict[str, Any]:
     """Each client library in turn on the same server (side by side in one run)."""
     libs = a.client.split(",")
-    proc, url, _ = start_server(["--policy", a.policy, "--max-queued-requests", "-1"])
+    proc, url, _ = start_server(["--policy", a.policy, "--max-queued-requests", "-1"],
+                                cpu_set(a.server_cpus))
     by_client: dict[str, Any] = {}
     try:
         for lib in libs:
@@ -238,14 +255,16 @@ def run_overhead(a: argparse.Namespace) -> dict[str, Any]:
         code = stop_server(proc)
     out: dict[str, Any] = {"kind": "http_overhead", "cpu": cpu_name(), "policy": a.policy,
                            "clients": a.clients, "max_tokens": a.max_tokens,
-                           "server_exit": code, "client_libs": libs}
+                           "server_exit": code, "client_libs": libs,
+                           "server_cpus": a.server_cpus, "client_cpus": a.client_cpus}
     if len(libs) == 1:  # the result files' shape before there was a choice of client
         return {**out, **by_client[libs[0]]}
     return {**out, "by_client": by_client}
 
 
 def run_soak(a: argparse.Namespace) -> dict[str, Any]:
-    proc, url, _ = start_server(["--policy", a.policy, "--max-queued-requests", "-1"])
+    proc, url, _ = start_server(["--policy", a.policy, "--max-queued-requests", "-1",
+                                 *a.server_arg], cpu_set(a.server_cpus))
     rng = random.Random(a.seed)
     samples: list[tuple[float, float]] = []
     results: list[dict[str, Any]] = []
@@ -284,6 +303,8 @@ def run_soak(a: argparse.Namespace) -> dict[str, Any]:
     warm = [m for t, m in samples if t >= a.warmup_s]
     errors = [r["error"] for r in results if "error" in r]
     return {"kind": "soak", "cpu": cpu_name(), "policy": a.policy, "rate_rps": a.rate,
+            "server_args": a.server_arg, "server_cpus": a.server_cpus,
+            "client_cpus": a.client_cpus,
             "minutes": a.minutes, "requests": len(results), "errors": len(errors),
             "error_examples": errors[:5], "server_exit": code, "warmup_s": a.warmup_s,
             "rss_mib_after_warmup": warm[0] if warm else None,
@@ -308,8 +329,15 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--client", default="httpx", help="overhead: client libraries run in turn "
                    "on the same server, comma-separated: httpx, aiohttp")
+    p.add_argument("--server-cpus", help="pin the server to these CPUs (e.g. 0 or 0-1), with one "
+                   "compute thread per CPU; default: not pinned, its default threads")
+    p.add_argument("--client-cpus", help="pin this process (the clients) to these CPUs")
+    p.add_argument("--server-arg", action="append", default=[],
+                   help="soak: one more argument for `sliceserve serve` (repeatable)")
     p.add_argument("--out", type=Path)
     a = p.parse_args()
+    if cpus := cpu_set(a.client_cpus):
+        os.sched_setaffinity(0, cpus)
     result = run_overhead(a) if a.mode == "overhead" else run_soak(a)
     text = json.dumps(result, indent=1)
     brief = {k: v for k, v in result.items() if k not in ("per_request", "rss_samples")}
