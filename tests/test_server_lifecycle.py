@@ -48,8 +48,10 @@ async def read_stream(c: httpx.AsyncClient, request: dict[str, Any],
 
 def drain_run(drain_timeout_s: int, second_signal: bool) -> tuple[list[dict], list[int], str]:
     """Three short and three long streams in flight, then SIGTERM; with `second_signal`, the
-    short ones are let finish first and a second SIGTERM cuts the drain short."""
-    srv = ServerProcess(["--drain-timeout", str(drain_timeout_s)])
+    short ones are let finish first and a second SIGTERM cuts the drain short. The KV cache
+    holds all six whole (3 x 1004 tokens even in float32, which `--dtype auto` may pick), so
+    no long stream waits for another to end before it streams on."""
+    srv = ServerProcess(["--drain-timeout", str(drain_timeout_s), "--kv-cache-memory-gb", "0.3"])
     try:
         srv.wait_ready()
 
