@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from sliceserve.engine.build import build_engine
+from sliceserve.engine.config import EngineConfig
 from sliceserve.engine.outputs import OutputProcessor
 from sliceserve.request import SLO, Request, SamplingParams
 
@@ -48,8 +49,9 @@ def main() -> None:
     options = {}
     if args.policy != "slice" and not args.policy.startswith("slice"):
         options["max_batch_size"] = args.max_batch_size or args.requests
-    live = build_engine(args.model, args.policy, options, dtype=args.dtype,
-                        num_threads=args.threads, latency_model="paper")
+    live = build_engine(EngineConfig(model=args.model, policy=args.policy, policy_options=options,
+                                     dtype=args.dtype, num_threads=args.threads,
+                                     latency_model="paper"))
     engine, runner = live.engine, live.runner
     processor = OutputProcessor(live.tokenizer, engine.scheduler.finish_request)
     rng = random.Random(0)

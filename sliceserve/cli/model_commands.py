@@ -34,14 +34,14 @@ from sliceserve.cli.common import (
     parse_policy_options,
     progress_bar,
 )
+from sliceserve.engine.config import DTYPES, QUANTIZATIONS
 from sliceserve.latency_model import LatencyModel
 from sliceserve.metrics.results import dumps
 from sliceserve.metrics.table import home_metrics_table, run_table
 from sliceserve.workloads import DEFAULT_CV, is_trace_path
 
-# sliceserve.model.precision.DTYPE_CHOICES and QUANTIZATIONS, without importing torch
-MODEL_DTYPES = ("auto", "bfloat16", "float16", "float32")
-QUANTIZATIONS = ("none", "int8")
+# The engine's choices (sliceserve/engine/config.py), checked here under the flags' names.
+MODEL_DTYPES = DTYPES
 
 # Options of the commands that load a real model.
 ModelOpt = Annotated[str | None, typer.Option(
@@ -196,12 +196,15 @@ def run(
     make_traffic(workload, latency_model=given_model or LatencyModel.load("paper"),
                  **traffic_args)
     from sliceserve.engine.build import build_engine
+    from sliceserve.engine.config import EngineConfig
 
     if profile_out is not None:  # a stand-in until this process's profile replaces it
         given_model = LatencyModel.load("paper")
-    engine = build_engine(model, policy, options, dtype=dtype, quantization=quantization,
-                          device=device, kv_cache_memory_gb=kv_cache_gb, num_threads=threads,
-                          latency_model=given_model)
+    config = EngineConfig(model=model, policy=policy, policy_options=options, dtype=dtype,
+                          quantization=quantization, device=device,
+                          kv_cache_memory_gb=kv_cache_gb, num_threads=threads,
+                          latency_model=given_model, online_latency=online_latency)
+    engine = build_engine(config)
     print(machine_line(engine.runner), file=sys.stderr)
     model_lm = engine.latency_model
     if profile_out is not None:

@@ -65,6 +65,9 @@ DEFAULT_CONTEXT_LENGTHS = (256, 1024)
 DEFAULT_PREFILL_TOKENS = (32, 64, 128, 192, 256, 384, 512, 768, 1024)
 # (decode rows, their context, prefill tokens): iterations that mix both, fit-checked only.
 DEFAULT_MIXED: tuple[tuple[int, int, int], ...] = ((4, 256, 128), (16, 256, 256))
+# No profiled iteration is larger than the engine's default token budget
+# (EngineConfig.max_num_batched_tokens).
+MAX_ITERATION_TOKENS = 2048
 # (new tokens, tokens already cached): later chunks of long prompts, as chunked prefill runs
 # them (SLICE cuts prompts into chunks of 512).
 DEFAULT_PREFILL_CHUNKS: tuple[tuple[int, int], ...] = ((256, 512), (512, 512))
@@ -231,10 +234,9 @@ def _fits(runner: Runner, shape: Shape) -> bool:
     prefill = shape.prefill + shape.prefill // 32  # the longest jittered chunk (see _plan)
     need = (shape.rows * blocks_for_tokens(shape.context + 1, block_size)
             + blocks_for_tokens(shape.prefill_context + prefill, block_size))
-    budget = getattr(getattr(runner, "config", None), "max_num_batched_tokens", None)
     return (need <= runner.num_kv_blocks
             and max(shape.context + 1, shape.prefill_context + prefill) <= runner.max_model_len
-            and (budget is None or shape.rows + prefill <= budget))
+            and shape.rows + prefill <= MAX_ITERATION_TOKENS)
 
 
 def _plan(runner: Runner, shape: Shape, rng: np.random.Generator, prefix: str,

@@ -53,7 +53,6 @@ class RunnerConfig:
     block_size: int = 16
     kv_cache_memory_gb: float | None = None  # KV budget; DEFAULT_KV_CACHE_MEMORY_GB when unset
     num_kv_blocks: int | None = None  # overrides kv_cache_memory_gb
-    max_num_batched_tokens: int = 2048
     max_model_len: int | None = None  # default: the model's positions, capped by the cache
     num_threads: int | None = None  # torch CPU threads; None leaves torch's choice
     seed: int | None = None  # for requests without their own seed
@@ -62,8 +61,7 @@ class RunnerConfig:
 
     def __post_init__(self) -> None:
         check_choice(self.dtype, self.quantization)
-        for name in ("block_size", "num_kv_blocks", "max_num_batched_tokens", "max_model_len",
-                     "num_threads"):
+        for name in ("block_size", "num_kv_blocks", "max_model_len", "num_threads"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -126,9 +124,9 @@ class ModelRunner:
         self.stats = RunnerStats()
 
     def scheduler_config(self, **overrides: Any) -> SchedulerConfig:
-        """Scheduler limits that match this runner's cache and model."""
+        """Scheduler limits that match this runner's cache and model; `overrides` set the rest
+        (the engine's `max_num_batched_tokens` and `max_num_seqs`, from its EngineConfig)."""
         base = SchedulerConfig(
-            max_num_batched_tokens=self.config.max_num_batched_tokens,
             block_size=self.block_size,
             num_kv_blocks=self.num_kv_blocks,
             max_model_len=self.max_model_len,
