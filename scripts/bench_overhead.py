@@ -27,6 +27,7 @@ import torch
 from sliceserve.engine.build import build_engine
 from sliceserve.engine.config import EngineConfig
 from sliceserve.engine.outputs import OutputProcessor
+from sliceserve.policies.registry import policy_option_names
 from sliceserve.request import SLO, Request, SamplingParams
 
 
@@ -47,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
 
     options = {}
-    if args.policy != "slice" and not args.policy.startswith("slice"):
+    if "max_batch_size" in policy_option_names(args.policy):  # the baselines' batch limit
         options["max_batch_size"] = args.max_batch_size or args.requests
     live = build_engine(EngineConfig(model=args.model, policy=args.policy, policy_options=options,
                                      dtype=args.dtype, num_threads=args.threads,

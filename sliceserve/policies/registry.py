@@ -33,6 +33,12 @@ def policy_class(name: str) -> type[Policy]:
         raise ValueError(f"unknown policy {name!r}; valid: {', '.join(_REGISTRY)}") from None
 
 
+def policy_option_names(name: str) -> tuple[str, ...]:
+    """The options policy `name` takes (its Options' fields): what a script asks before
+    setting one, instead of guessing from the name."""
+    return tuple(f.name for f in dataclasses.fields(policy_class(name).Options))
+
+
 def make_policy(name: str, latency_model: LatencyModel, config: SchedulerConfig,
                 options: dict[str, Any] | None = None, *,
                 online_latency: OnlineLatencyOptions | None = None) -> Policy:
@@ -40,7 +46,7 @@ def make_policy(name: str, latency_model: LatencyModel, config: SchedulerConfig,
     with `latency_model` corrected online from the iterations it is told of
     (`Policy.observe_iteration`); without, with `latency_model` as it is."""
     cls = policy_class(name)
-    valid = {f.name for f in dataclasses.fields(cls.Options)}
+    valid = set(policy_option_names(name))
     unknown = set(options or {}) - valid
     if unknown:
         raise ValueError(f"policy {name!r} has no option(s) {sorted(unknown)}; "

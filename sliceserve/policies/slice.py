@@ -181,7 +181,7 @@ class SlicePolicy(Policy):
         self._triaged_key_of: dict[str, tuple[float, int, float, str]] = {}
         self._dirty = True
         self._next_replan_s = 0.0
-        # The plan (filled by _replan).
+        # The plan (filled by replan).
         self._rows: list[tuple[RequestView, int]] = []  # selected, decode rates
         self._selected: set[str] = set()
         self._prefills: list[RequestView] = []  # selected rows still to prefill, EDF order
@@ -239,7 +239,7 @@ class SlicePolicy(Policy):
                                   "it would have to displace rank higher")
 
     # --- selection ---
-    def _replan(self, view: SchedulerView) -> None:
+    def replan(self, view: SchedulerView) -> bool:
         opts, now = self.options, view.now_s
         candidates = []
         for rid, r in list(self._active.items()):
@@ -267,6 +267,7 @@ class SlicePolicy(Policy):
         self._install(chosen, candidates, budget_ms)
         self._dirty = False
         self._next_replan_s = self._next_change_s(chosen, candidates, now)
+        return True
 
     def _next_change_s(self, chosen: list[Candidate], candidates: list[Candidate],
                        now_s: float) -> float:
@@ -338,7 +339,7 @@ class SlicePolicy(Policy):
     def schedule(self, view: SchedulerView) -> Decision:
         self._follow_the_device()
         if self._dirty or view.now_s >= self._next_replan_s:
-            self._replan(view)
+            self.replan(view)
         reject, self._to_reject = self._to_reject, []
         rejected = {rejection.request.request_id for rejection in reject}
         budget = Budget(view, max_rows=self.options.max_rows + self.options.max_extra_rows)

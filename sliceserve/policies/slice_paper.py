@@ -117,7 +117,7 @@ class SlicePaperPolicy(Policy):
             del self._ranked[i]
         self._dirty = True
 
-    def _replan(self, view: SchedulerView) -> None:
+    def replan(self, view: SchedulerView) -> bool:
         self._rows = select_ranked(self._ranked, self.period_ms,
                                    self.latency_model.decode_latency_ms, self.options.max_rows)
         # Front-packed: sorted by v descending, column c holds every row with v > c.
@@ -126,10 +126,11 @@ class SlicePaperPolicy(Policy):
         self._columns = [[r for r, v in rows if v > c] for c in range(width)]
         self._column = 0
         self._dirty = False
+        return True
 
     def schedule(self, view: SchedulerView) -> Decision:
         if self._dirty:
-            self._replan(view)
+            self.replan(view)
         if not self._columns:
             return Decision()
         column = self._columns[self._column]
