@@ -197,6 +197,13 @@ class SlicePolicy(Policy):
         self._bucket_ms = 0.0
         self._to_reject: list[Rejection] = []
 
+    @property
+    def selector(self) -> Selector:
+        """The assessment and selection the plan is made with (slice_select.py), on the
+        latency model as corrected so far: read it, for tests and tools; the plan is the
+        policy's."""
+        return self._selector
+
     # --- events ---
     def on_arrival(self, request: RequestView, view: SchedulerView) -> None:
         self._active[request.request_id] = request
