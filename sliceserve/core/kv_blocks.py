@@ -19,8 +19,8 @@ class BlockManager:
     where the previous one's room ends), and a table grows into the block after its last one
     while that is free; otherwise the lowest free blocks are taken. Only placement differs
     from a plain free list: capacity and accounting are the same. On a CPU, decode attention
-    reading each row's history in long consecutive runs was 1.15x faster end to end on
-    SmolLM2 (64 requests x 128 tokens) than over interleaved blocks."""
+    that reads each row's history in long consecutive runs is faster end to end than over
+    interleaved blocks (measured: docs/BENCHMARKS.md, "Figures behind the code")."""
 
     def __init__(self, num_blocks: int, block_size: int) -> None:
         self.num_blocks = num_blocks

@@ -89,9 +89,9 @@ def build_engine(config: EngineConfig | None = None, *, clock: Clock | None = No
     latency model has failed before any model loads.
 
     `clock`: the engine's clock (default: a `WallClock`). `warm_up` runs a few untimed
-    iterations first: the first forwards pay one-time set-up (measured on SmolLM2: the first
-    request's TTFT 2.5 s and TPOT 2.2 s, against 0.3 s and 0.1 s after), which would
-    otherwise land in the first requests' metrics.
+    iterations first: the first forwards pay one-time set-up, several times a warm
+    iteration's cost (docs/BENCHMARKS.md, "Figures behind the code"), which would otherwise
+    land in the first requests' metrics.
 
     With `config.online_latency` (on by default) the policy corrects the latency model from
     the iterations it measures (sliceserve/latency_online.py); the correction is

@@ -134,7 +134,9 @@ def load_state_dict(folder: str | Path, dtype: torch.dtype,
 
 
 def model_id(folder: str | Path) -> str:
-    """A short id that changes when the config or the weights change (for cached profiles)."""
+    """A short id for cached profiles: the folder's name and a hash of its config.json and of
+    its weight files' total size (not their bytes: cheap, but weights of another value and the
+    same shape keep the id)."""
     folder = Path(folder)
     digest = hashlib.sha256((folder / "config.json").read_bytes())
     digest.update(str(sum(f.stat().st_size for f in weight_files(folder))).encode())

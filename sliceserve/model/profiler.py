@@ -56,12 +56,12 @@ log = logging.getLogger(__name__)
 # Dense where the edge workloads live (1-6 rows): the fitted table interpolates between
 # these, and one noisy point bends it for its neighbours.
 DEFAULT_BATCH_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
-# A decode shape is timed over at least this many steps (cheap: 10-40 ms each on SmolLM2),
-# a prompt shape `repeats` times.
+# A decode shape is timed over at least this many steps (cheap: tens of ms each for a small
+# model), a prompt shape `repeats` times.
 MIN_DECODE_STEPS = 7
 DEFAULT_CONTEXT_LENGTHS = (256, 1024)
 # Up to 1024: the longest prompts of the `edge` workload. Not only powers of two: the cost per
-# token is bumpy in between (SmolLM2 on 2 cores: 0.41 ms at 256 tokens, 0.6 at 384, 0.52 at 512).
+# token is bumpy in between (docs/BENCHMARKS.md, "Figures behind the code").
 DEFAULT_PREFILL_TOKENS = (32, 64, 128, 192, 256, 384, 512, 768, 1024)
 # (decode rows, their context, prefill tokens): iterations that mix both, fit-checked only.
 DEFAULT_MIXED: tuple[tuple[int, int, int], ...] = ((4, 256, 128), (16, 256, 256))
@@ -71,7 +71,8 @@ MAX_ITERATION_TOKENS = 2048
 # (new tokens, tokens already cached): later chunks of long prompts, as chunked prefill runs
 # them (SLICE cuts prompts into chunks of 512).
 DEFAULT_PREFILL_CHUNKS: tuple[tuple[int, int], ...] = ((256, 512), (512, 512))
-# The start-up calibration: every term measured once, well under 20 s for SmolLM2 on 2 cores.
+# The start-up calibration: every term measured once, in seconds for a small model
+# (docs/BENCHMARKS.md, "Profile").
 QUICK: dict[str, Any] = {"batch_sizes": (1, 2, 4, 8, 16, 32), "context_lengths": (256, 1024),
                          "prefill_tokens": (32, 256, 1024),
                          "prefill_chunks": ((512, 512),), "mixed": (), "repeats": 1,
@@ -129,7 +130,8 @@ def profile_runner(runner: Runner, *, batch_sizes: Sequence[int] = DEFAULT_BATCH
     measured in `repeats` rounds over all of them. Per round, a decode shape runs its rows for
     some steps in a row, as a live batch does (at least `min_decode_steps` timed in all); a
     shape with a prompt chunk gets a fresh one (new token ids, new blocks), as live prefills
-    are new (re-running one plan found its data in cache and ran 5-10% faster)."""
+    are new (re-running one plan finds its data in cache and runs faster: measured in
+    docs/BENCHMARKS.md, "Figures behind the code")."""
     if repeats < 1 or warmup < 0:
         raise ProfileError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
     shapes = ([Shape(b, c, 0) for c in context_lengths for b in batch_sizes]
@@ -148,9 +150,9 @@ def profile_runner(runner: Runner, *, batch_sizes: Sequence[int] = DEFAULT_BATCH
     prefault_kv_cache(runner)
     runner.execute(_plan(runner, timed[0], rng, "setup"))  # one-time set-up: never timed
     samples: list[list[float]] = [[] for _ in timed]
-    # `repeats` rounds over all shapes rather than all of a shape's runs at once: this
-    # machine's speed drifts by 10-20% over tens of seconds (other tenants' memory traffic;
-    # a decode at batch 1 streams all the weights), and every shape should see the same mix
+    # `repeats` rounds over all shapes rather than all of a shape's runs at once: a shared
+    # machine's speed drifts over tens of seconds (other tenants' memory traffic; a decode at
+    # batch 1 streams all the weights; docs/BENCHMARKS.md), and every shape should see the mix
     # of fast and slow moments. A decode shape takes `warmup` untimed steps and its share of
     # at least `min_decode_steps` timed ones per round; a prompt shape one fresh chunk.
     decode_per_round = -(-max(repeats, min_decode_steps) // repeats)
@@ -248,8 +250,9 @@ def _plan(runner: Runner, shape: Shape, rng: np.random.Generator, prefix: str,
     rows = [(shape.context + 1, shape.context)] * shape.rows
     if shape.prefill:
         # Jittered by up to 1/32 either way, so that a prompt length hardly ever repeats: live
-        # ones rarely do, and the first call at a new length costs 5-15% more (per-shape set-up
-        # in the math libraries). The median stays at the nominal length.
+        # ones rarely do, and the first call at a new length costs more (per-shape set-up in
+        # the math libraries; docs/BENCHMARKS.md, "Figures behind the code"). The median
+        # stays at the nominal length.
         spread = shape.prefill // 32
         prefill = max(1, shape.prefill + int(rng.integers(-spread, spread + 1)))
         rows.append((shape.prefill_context + prefill, shape.prefill_context))
@@ -268,9 +271,9 @@ def _block_tables(sizes: Sequence[int], num_blocks: int, rng: np.random.Generato
                   layout: str) -> list[tuple[int, ...]]:
     """Block tables of `sizes` blocks each, from a pool of `num_blocks`.
 
-    On a CPU the cost of attention depends on where the blocks lie: SmolLM2 decode over
-    blocks scattered across the whole pool cost up to 4x what it cost over consecutive ones
-    (64 rows, 135 tokens, 2 threads; the KV cache streams from memory either way). The
+    On a CPU the cost of attention depends on where the blocks lie: decode over blocks
+    scattered across the whole pool costs several times what it costs over consecutive ones
+    (docs/BENCHMARKS.md, "Figures behind the code"). The
     scheduler's block manager places each request's blocks consecutively with room to grow,
     so live tables are consecutive but where the pool is fragmented: "contiguous" (the
     default) is what the profile measures; "scattered" and "mixed" (each row's first half

@@ -109,9 +109,9 @@ class ModelRunner:
             if _kernel_fits(self.model_config):
                 self.model.decode_kernel = paged_decode_attention()
             self.model.fused_ops = cpu_kernels()
-        # Prompt chunks up to this many tokens go through the CPU kernel as rows (measured on
-        # SmolLM2, 2 threads: 10% faster than SDPA at 512 tokens, even at 1024, 2.6x slower
-        # at 2000, where the kernel's per-token cost grows with the chunk).
+        # Prompt chunks up to this many tokens go through the CPU kernel as rows: faster than
+        # SDPA up to about this length, slower beyond, where the kernel's per-token cost grows
+        # with the chunk (measured: docs/BENCHMARKS.md, "Figures behind the code").
         self.max_row_chunk = 1024 if self.model.decode_kernel is not None else 1
         self.graphs: DecodeGraphs | None = None
         if self.device.type == "cuda" and config.cuda_graphs:
