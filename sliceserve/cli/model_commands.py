@@ -195,41 +195,45 @@ def run(
     given_model = LatencyModel.load(latency_model) if latency_model else None
     make_traffic(workload, latency_model=given_model or LatencyModel.load("paper"),
                  **traffic_args)
-    from sliceserve.engine.build import build_engine
+    from sliceserve.engine.build import load_model
     from sliceserve.engine.config import EngineConfig
 
-    if profile_out is not None:  # a stand-in until this process's profile replaces it
-        given_model = LatencyModel.load("paper")
     config = EngineConfig(model=model, policy=policy, policy_options=options, dtype=dtype,
                           quantization=quantization, device=device,
                           kv_cache_memory_gb=kv_cache_gb, num_threads=threads,
                           latency_model=given_model, online_latency=online_latency)
-    engine = build_engine(config)
-    print(machine_line(engine.runner), file=sys.stderr)
-    model_lm = engine.latency_model
+    # The model alone: run_live puts the policy and a fresh engine around it.
+    loaded = load_model(config)
+    print(machine_line(loaded.runner), file=sys.stderr)
     if profile_out is not None:
         from sliceserve.bench import profile_report as report
 
-        measured, model_lm = _measure(engine.runner, engine.model_name, {},
+        measured, model_lm = _measure(loaded.runner, loaded.model_name, {},
                                       "sliceserve run --profile-out;")
         _write(profile_out, report.latency_model_json(model_lm))
         _write(report.points_path(profile_out), report.points_json(measured, model_lm))
+    else:
+        model_lm = given_model or loaded.device_latency_model()
     load_info = _apply_load(load, workload, model_lm, traffic_args)
     traffic = make_traffic(workload, latency_model=model_lm, **traffic_args)
     if trace_out is not None:
         _write_trace(traffic, trace_out)
+    from sliceserve.model.tokenizer import encode_prompt
+
+    tokenizer = loaded.tokenizer
     requests = live.live_requests(
-        traffic, engine.vocab_size, seed=seed,
-        special_ids=getattr(engine.tokenizer, "all_special_ids", ()), encode=engine.encode)
-    warm_up(engine.runner)
+        traffic, int(loaded.runner.model_config.vocab_size), seed=seed,
+        special_ids=getattr(tokenizer, "all_special_ids", ()),
+        encode=lambda prompt: list(encode_prompt(tokenizer, prompt)))
+    warm_up(loaded.runner)  # once, right before the run (after a profile, if any)
     from sliceserve.bench.calibrate import IterationRecorder, calibrate
 
-    recorder = IterationRecorder(engine.runner)
+    recorder = IterationRecorder(loaded.runner)
     with progress_bar(len(requests), f"run {policy}") as update:
-        result = live.run_live(traffic, recorder, policy, model_lm, engine.config, requests,
-                               policy_options=options, model_id=engine.model_name,
+        result = live.run_live(traffic, recorder, policy, model_lm, loaded.limits, requests,
+                               policy_options=options, model_id=loaded.model_name,
                                device=device_name(device), max_time_s=max_time_s,
-                               machine=machine_block(engine.runner), progress=update,
+                               machine=machine_block(loaded.runner), progress=update,
                                online_latency=online_latency)
     result.update(load_info)
     correction = result.get("latency_correction")

@@ -82,6 +82,43 @@ class LiveEngine:
                               f"({cfg.kv_capacity_tokens} tokens)")
 
 
+@dataclass
+class LoadedModel:
+    """A model ready to run, before a policy and an engine are put around it: `build_engine`
+    puts its own; `sliceserve run` puts a fresh one per run (bench/live.py)."""
+
+    runner: Any  # the executor (sliceserve.model.runner.ModelRunner)
+    tokenizer: Any  # a transformers tokenizer
+    limits: SchedulerConfig  # the EngineConfig's limits and the runner's cache
+    model_name: str
+    folder: Path
+
+    def device_latency_model(self) -> LatencyModel:
+        """This device's latency model for the model: the cached profile, or a quick
+        calibration now (stored for the next start)."""
+        from sliceserve.model.loader import model_id
+        from sliceserve.model.profiler import latency_model_for
+
+        return latency_model_for(self.runner, model_id(self.folder))
+
+
+def load_model(config: EngineConfig) -> LoadedModel:
+    """Load `config.model` (None: the embedded default) on the executor `config.backend`
+    names, with its tokenizer and the scheduler limits that fit its KV cache."""
+    from sliceserve.model.loader import DEFAULT_MODEL, resolve_model
+    from sliceserve.model.tokenizer import eos_token_ids, load_tokenizer
+
+    model_name = DEFAULT_MODEL if config.model is None else config.model
+    folder = Path(resolve_model(config.model))
+    runner = _make_runner(config, folder)
+    tokenizer = load_tokenizer(folder)
+    limits = runner.scheduler_config(
+        **config.scheduler_limits(),
+        eos_token_ids=tuple(eos_token_ids(tokenizer, runner.model_config)))
+    runner.sampler.eos_token_ids = limits.eos_token_ids  # min_tokens masks what stops
+    return LoadedModel(runner, tokenizer, limits, model_name, folder)
+
+
 def build_engine(config: EngineConfig | None = None, *, clock: Clock | None = None,
                  warm_up: bool = True) -> LiveEngine:
     """Load `config.model` (None: the embedded default) and put it under `config.policy`.
@@ -98,28 +135,19 @@ def build_engine(config: EngineConfig | None = None, *, clock: Clock | None = No
     `engine.scheduler.policy.latency_source.snapshot()`."""
     config = config if config is not None else EngineConfig()
     latency_model = config.load_latency_model()
-
-    from sliceserve.model.loader import DEFAULT_MODEL, resolve_model
-    from sliceserve.model.tokenizer import eos_token_ids, load_tokenizer
-
-    model_name = DEFAULT_MODEL if config.model is None else config.model
-    folder = Path(resolve_model(config.model))
-    runner = _make_runner(config, folder)
-    tokenizer = load_tokenizer(folder)
-    limits = runner.scheduler_config(
-        **config.scheduler_limits(),
-        eos_token_ids=tuple(eos_token_ids(tokenizer, runner.model_config)))
-    runner.sampler.eos_token_ids = limits.eos_token_ids  # min_tokens masks what stops
+    loaded = load_model(config)
     if latency_model is None:
-        latency_model = _latency_model_for(runner, folder)
+        latency_model = loaded.device_latency_model()
     if warm_up:
         from sliceserve.model.profiler import warm_up as warm_up_runner
 
-        warm_up_runner(runner)
-    policy = make_policy(config.policy, latency_model, limits, dict(config.policy_options),
-                         online_latency=config.online_latency)
-    engine = Engine(Scheduler(limits, policy), runner, clock if clock is not None else WallClock())
-    return LiveEngine(engine, runner, tokenizer, latency_model, model_name, folder, config)
+        warm_up_runner(loaded.runner)
+    policy = make_policy(config.policy, latency_model, loaded.limits,
+                         dict(config.policy_options), online_latency=config.online_latency)
+    engine = Engine(Scheduler(loaded.limits, policy), loaded.runner,
+                    clock if clock is not None else WallClock())
+    return LiveEngine(engine, loaded.runner, loaded.tokenizer, latency_model,
+                      loaded.model_name, loaded.folder, config)
 
 
 def _make_runner(config: EngineConfig, folder: Path) -> Any:
@@ -131,12 +159,3 @@ def _make_runner(config: EngineConfig, folder: Path) -> Any:
         dtype=config.dtype, quantization=config.quantization, device=config.device,
         kv_cache_memory_gb=config.kv_cache_memory_gb, max_model_len=config.max_model_len,
         num_threads=config.num_threads))
-
-
-def _latency_model_for(runner: Any, folder: Path) -> LatencyModel:
-    """This device's latency model for the model: the cached profile, or a quick calibration
-    at start (stored for the next one)."""
-    from sliceserve.model.loader import model_id
-    from sliceserve.model.profiler import latency_model_for
-
-    return latency_model_for(runner, model_id(folder))

@@ -23,10 +23,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from sliceserve.config import SchedulerConfig
 from sliceserve.latency_model import LatencyModel
 from sliceserve.latency_online import OnlineLatencyOptions
-from sliceserve.policies.registry import make_policy
+from sliceserve.policies.registry import make_options
 
 # The executors that can run a model. "torch": sliceserve.model.runner.ModelRunner (PyTorch,
 # CPU or CUDA). Other executors are added here, and in build_engine's choice.
@@ -35,8 +34,6 @@ BACKENDS = ("torch",)
 # (tests/test_engine_config.py checks that they agree).
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 QUANTIZATIONS = ("none", "int8")
-# Only stands in while the policy name and options are checked, before the model loads.
-STAND_IN_LATENCY_MODEL = "paper"
 
 
 @dataclass(frozen=True)
@@ -99,9 +96,8 @@ class EngineConfig:
         if isinstance(self.latency_model, Path):
             object.__setattr__(self, "latency_model", str(self.latency_model))
         self.load_latency_model()  # a missing or malformed file fails here
-        # A misspelt policy or option fails here, not after a model load.
-        make_policy(self.policy, LatencyModel.load(STAND_IN_LATENCY_MODEL), SchedulerConfig(),
-                    dict(self.policy_options))
+        # A misspelt policy or option fails here, not after a model load (no policy is built).
+        make_options(self.policy, dict(self.policy_options))
 
     # --- building one ---
     @classmethod
