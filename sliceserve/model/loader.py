@@ -3,9 +3,9 @@
 Everything the engine loads is a Hugging Face folder (config.json + safetensors + tokenizer).
 A GGUF file is dequantized once by transformers into a bf16 safetensors folder under the cache
 directory, named by the file's content (so copies of one file in several virtual environments
-share it); later starts find that folder with a few `stat` calls and one small read. Heavy imports (torch,
-transformers) happen only inside the functions that need them, so resolving a cached model
-stays in milliseconds.
+share it); later starts find that folder with a few `stat` calls and one small read. Heavy
+imports (torch, transformers) happen only inside the functions that need them, so resolving a
+cached model stays in milliseconds.
 """
 
 from __future__ import annotations
