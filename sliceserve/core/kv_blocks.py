@@ -5,8 +5,19 @@ Invariant: every block is either free or in exactly one request's table.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from sliceserve.config import blocks_for_tokens  # noqa: F401  (re-exported for callers)
 from sliceserve.request import Request
+
+
+class Computed(Protocol):
+    """What `num_needed` reads of a request: a Request, or the RequestView a policy holds."""
+
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def num_computed_tokens(self) -> int: ...
 
 
 class KVCacheFull(RuntimeError):
@@ -41,7 +52,7 @@ class BlockManager:
     def block_table(self, request_id: str) -> list[int]:
         return self._tables.get(request_id, [])
 
-    def num_needed(self, request: Request, num_new_tokens: int) -> int:
+    def num_needed(self, request: Computed, num_new_tokens: int) -> int:
         """Blocks to add so that `request` can compute `num_new_tokens` more tokens."""
         # blocks_for_tokens, inlined: the hottest call of the scheduler and policies.
         total = -(-(request.num_computed_tokens + num_new_tokens) // self.block_size)
