@@ -90,14 +90,14 @@ def profile(
 ) -> None:
     """Measure decode and prefill latency on this device and fit the latency model."""
     from sliceserve.bench import profile_report as report
-    from sliceserve.model import profiler
+    from sliceserve.model import profile_cache, profiler
 
     _check_model_options(dtype, threads, kv_cache_gb, quantization)
     if repeats is not None and repeats < 1:
         raise BadInput(f"--repeats must be >= 1, got {repeats}")
     runner, name = _load_runner(model, dtype, device, threads, kv_cache_gb, quantization)
     print(machine_line(runner), file=sys.stderr)
-    key = profiler.profile_key(runner, name)
+    key = profile_cache.profile_key(runner, name)
     settings = dict(profiler.QUICK) if quick else {}
     if repeats is not None:
         settings["repeats"] = repeats
@@ -112,7 +112,7 @@ def profile(
               f"{measured.load_average}); not cached as this device's profile (rerun on a "
               "quiet machine, or pass --cache-busy)", file=sys.stderr)
     elif cache:
-        print(f"cached as {profiler.store_profile(key, fitted, measured)}", file=sys.stderr)
+        print(f"cached as {profile_cache.store_profile(key, fitted, measured)}", file=sys.stderr)
     if out is not None:
         _write(out, report.latency_model_json(fitted))
         _write(report.points_path(out), report.points_json(measured, fitted))
@@ -312,9 +312,9 @@ def _measure(runner: Any, name: str, settings: dict[str, Any], notes: str) -> tu
     """Profile `runner` (a progress bar on stderr) and fit: (Profile, LatencyModel)."""
     from tqdm import tqdm
 
-    from sliceserve.model import profiler
+    from sliceserve.model import profile_cache, profiler
 
-    key = profiler.profile_key(runner, name)
+    key = profile_cache.profile_key(runner, name)
     with tqdm(desc="profile", unit="it", disable=None, file=sys.stderr) as bar:
         def progress(done: int, total: int, what: str) -> None:
             bar.total = total
@@ -322,7 +322,7 @@ def _measure(runner: Any, name: str, settings: dict[str, Any], notes: str) -> tu
             bar.update(done - bar.n)
 
         measured = profiler.profile_runner(runner, model=name, progress=progress, **settings)
-    fitted = profiler.fit_latency_model(measured, profiler.model_name(name, key), key.device,
+    fitted = profiler.fit_latency_model(measured, profile_cache.model_name(name, key), key.device,
                                         name, notes=notes)
     return measured, fitted
 

@@ -97,7 +97,7 @@ class LoadedModel:
         """This device's latency model for the model: the cached profile, or a quick
         calibration now (stored for the next start)."""
         from sliceserve.model.loader import model_id
-        from sliceserve.model.profiler import latency_model_for
+        from sliceserve.model.profile_cache import latency_model_for
 
         return latency_model_for(self.runner, model_id(self.folder))
 

@@ -142,6 +142,14 @@ class ModelRunner:
         return "eager" if module is None else str(kernel_info(module)["path"])
 
     @property
+    def fast_paths(self) -> tuple[str, ...]:
+        """The optional fast paths in use ("attention-kernel", "fused-ops", "cuda-graphs"):
+        part of a profile's key (model/profile_cache.py)."""
+        return tuple(name for name, on in (("attention-kernel", self.model.decode_kernel),
+                                           ("fused-ops", self.model.fused_ops),
+                                           ("cuda-graphs", self.graphs)) if on is not None)
+
+    @property
     def device_name(self) -> str:
         if self.device.type == "cuda":
             return torch.cuda.get_device_name(self.device)
