@@ -34,40 +34,22 @@ from sliceserve.cli.common import (
     parse_policy_options,
     progress_bar,
 )
-from sliceserve.engine.config import DTYPES, QUANTIZATIONS
+from sliceserve.cli.model_common import (
+    DeviceOpt,
+    DtypeOpt,
+    KvCacheOpt,
+    ModelOpt,
+    QuantOpt,
+    ThreadsOpt,
+    check_model_options,
+    load_runner,
+    machine_line,
+)
+from sliceserve.engine.config import EngineConfig
 from sliceserve.latency_model import LatencyModel
 from sliceserve.metrics.results import dumps
 from sliceserve.metrics.table import home_metrics_table, run_table
 from sliceserve.workloads import DEFAULT_CV, is_trace_path
-
-# The engine's choices (sliceserve/engine/config.py), checked here under the flags' names.
-MODEL_DTYPES = DTYPES
-
-# Options of the commands that load a real model.
-ModelOpt = Annotated[str | None, typer.Option(
-    "--model", "-m", help="smollm2-135m (default), a Hugging Face folder or a .gguf file")]
-DtypeOpt = Annotated[str, typer.Option(
-    help="auto (the format measured fastest on this device: bfloat16 where the CPU computes "
-    "it natively, float32 on other CPUs), bfloat16, float16 or float32")]
-QuantOpt = Annotated[str, typer.Option(
-    "--quantization", help="none, or int8: weight-only int8 linear layers (CPU)")]
-DeviceOpt = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, ...")]
-ThreadsOpt = Annotated[int | None, typer.Option(
-    "--threads", help="torch CPU threads (default: torch's choice)")]
-KvCacheOpt = Annotated[float | None, typer.Option(
-    "--kv-cache-gb", help="KV cache memory budget, GB (default: the runner's)")]
-
-
-def _check_model_options(dtype: str, threads: int | None, kv_cache_gb: float | None,
-                         quantization: str = "none") -> None:
-    if dtype not in MODEL_DTYPES:
-        raise BadInput(f"--dtype must be one of {', '.join(MODEL_DTYPES)}, got {dtype!r}")
-    if quantization not in QUANTIZATIONS:
-        raise BadInput(f"--quantization must be one of {', '.join(QUANTIZATIONS)}, got "
-                       f"{quantization!r}")
-    if threads is not None and threads < 1:
-        raise BadInput(f"--threads must be >= 1, got {threads}")
-    _check_positive("--kv-cache-gb", kv_cache_gb)
 
 
 def profile(
@@ -92,10 +74,12 @@ def profile(
     from sliceserve.bench import profile_report as report
     from sliceserve.model import profile_cache, profiler
 
-    _check_model_options(dtype, threads, kv_cache_gb, quantization)
+    check_model_options(dtype, threads, kv_cache_gb, quantization)
     if repeats is not None and repeats < 1:
         raise BadInput(f"--repeats must be >= 1, got {repeats}")
-    runner, name = _load_runner(model, dtype, device, threads, kv_cache_gb, quantization)
+    runner, name = load_runner(EngineConfig(
+        model=model, dtype=dtype, quantization=quantization, device=device,
+        num_threads=threads, kv_cache_memory_gb=kv_cache_gb))
     print(machine_line(runner), file=sys.stderr)
     key = profile_cache.profile_key(runner, name)
     settings = dict(profiler.QUICK) if quick else {}
@@ -180,7 +164,7 @@ def run(
     _check_positive("--rate", rate)
     _check_load(load, rate, workload)
     _check_positive("--max-time-s", max_time_s)
-    _check_model_options(dtype, threads, kv_cache_gb, quantization)
+    check_model_options(dtype, threads, kv_cache_gb, quantization)
     if trace_out is not None and trace_out.suffix != ".jsonl":
         raise BadInput(f"--trace-out must name a .jsonl file, got {trace_out}")
     if profile_out is not None and latency_model is not None:
@@ -196,7 +180,6 @@ def run(
     make_traffic(workload, latency_model=given_model or LatencyModel.load("paper"),
                  **traffic_args)
     from sliceserve.engine.build import load_model
-    from sliceserve.engine.config import EngineConfig
 
     config = EngineConfig(model=model, policy=policy, policy_options=options, dtype=dtype,
                           quantization=quantization, device=device,
@@ -280,32 +263,6 @@ def _apply_load(load: float | None, workload: str, latency_model: LatencyModel,
     print(f"--load {load:g}: {rate:.3g} requests/s ({load:g} x the estimated capacity "
           f"{estimate.rate_rps:.3g}/s)", file=sys.stderr)
     return {"load": load, "capacity_estimate": estimate.to_dict()}
-
-
-def _load_runner(model: str | None, dtype: str, device: str, threads: int | None,
-                 kv_cache_gb: float | None, quantization: str = "none") -> tuple[Any, str]:
-    """A model runner and the model's name (default: the embedded SmolLM2)."""
-    from sliceserve.model.loader import DEFAULT_MODEL, resolve_model
-    from sliceserve.model.runner import ModelRunner, RunnerConfig
-
-    folder = resolve_model(model)
-    runner = ModelRunner(folder, RunnerConfig(dtype=dtype, quantization=quantization,
-                                              device=device, num_threads=threads,
-                                              kv_cache_memory_gb=kv_cache_gb))
-    return runner, DEFAULT_MODEL if model is None else str(model)
-
-
-def machine_line(runner: Any) -> str:
-    """One line on what the runner computes in and on, and why (stderr of profile and run)."""
-    from sliceserve.model.precision import machine_block
-
-    m = machine_block(runner)
-    cpu = (f"; CPU {m['cpu']} ({m['arch']}: {' '.join(m['cpu_flags']) or 'no listed flags'})"
-           if "cpu" in m else "")
-    quant = "" if m.get("quantization", "none") == "none" else f", {m['quantization']} weights"
-    why = f" ({m['dtype_requested']}: {m['dtype_reason']})" if "dtype" in m else ""
-    return (f"number format: {m.get('dtype', '?')}{quant}{why}; device {m['device']}{cpu}; "
-            f"kernels {m['kernels']}; {m['threads']} threads")
 
 
 def _measure(runner: Any, name: str, settings: dict[str, Any], notes: str) -> tuple[Any, Any]:

@@ -11,13 +11,13 @@ from typing import Annotated
 import typer
 
 from sliceserve.cli.common import OPTION_HELP, BadInput, parse_policy_options
-from sliceserve.cli.model_commands import (
+from sliceserve.cli.model_common import (
     DeviceOpt,
     DtypeOpt,
     ModelOpt,
     QuantOpt,
     ThreadsOpt,
-    _check_model_options,
+    check_model_options,
 )
 
 
@@ -77,7 +77,7 @@ def serve(
     from sliceserve.server.config import ServerConfig
     from sliceserve.server.runtime import serve as run_server
 
-    _check_model_options(dtype, threads, None, quantization)
+    check_model_options(dtype, threads, None, quantization)
     if kv_cache_memory_gb is not None and not kv_cache_memory_gb > 0:
         raise BadInput(f"--kv-cache-memory-gb must be > 0, got {kv_cache_memory_gb}")
     if max_queued_requests < -1:

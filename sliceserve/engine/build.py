@@ -110,7 +110,7 @@ def load_model(config: EngineConfig) -> LoadedModel:
 
     model_name = DEFAULT_MODEL if config.model is None else config.model
     folder = Path(resolve_model(config.model))
-    runner = _make_runner(config, folder)
+    runner = make_runner(config, folder)
     tokenizer = load_tokenizer(folder)
     limits = runner.scheduler_config(
         **config.scheduler_limits(),
@@ -150,7 +150,7 @@ def build_engine(config: EngineConfig | None = None, *, clock: Clock | None = No
                       loaded.model_name, loaded.folder, config)
 
 
-def _make_runner(config: EngineConfig, folder: Path) -> Any:
+def make_runner(config: EngineConfig, folder: Path) -> Any:
     """The executor `config.backend` names, over the model in `folder`: "torch" (the only one
     in BACKENDS so far) is a ModelRunner."""
     from sliceserve.model.runner import ModelRunner, RunnerConfig
