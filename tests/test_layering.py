@@ -3,10 +3,9 @@
 The rules are checked two ways, so they cannot break quietly:
 - at run time, in a subprocess where `torch` cannot be imported, the scheduler, every
   registered policy and the simulator import and run a tiny simulation;
-- statically, by parsing every module with `ast`: what each layer imports, and that no code
-  outside the policies package, the scripts included, dispatches on a policy's name
-  (`if policy == "slice"`, `name.startswith("slice")`) or reaches into a policy's private
-  members (`policy._replan`).
+- statically, with `ast`: what each layer imports, and that no code outside the policies
+  package (scripts included) dispatches on a policy's name (`if policy == "slice"`,
+  `name.startswith("slice")`) or uses a policy's private members (`policy._replan`).
 """
 
 from __future__ import annotations
@@ -145,29 +144,23 @@ def _is_string_literal(node: ast.expr) -> bool:
     return False
 
 
-# str methods that test a name against a literal: `name.startswith("slice")` is dispatch too.
 STRING_TESTS = {"startswith", "endswith", "__eq__", "__contains__", "find", "index", "count"}
 
 
 def _is_policy_holder(node: ast.expr) -> bool:
-    """`policy`, `self.policy`, `engine.scheduler.policy`, `slice_policy`, ...: a policy object
-    (or its name) whose private members code outside the policies package must not use."""
-    if isinstance(node, ast.Name):
-        return node.id in POLICY_NAMES or node.id.endswith("_policy")
-    if isinstance(node, ast.Attribute):
-        return node.attr in POLICY_NAMES or node.attr.endswith("_policy")
-    return False
+    """`policy`, `self.policy`, `slice_policy`, ...: a policy, whose privates are its own."""
+    name = node.id if isinstance(node, ast.Name) else getattr(node, "attr", "")
+    return name in POLICY_NAMES or name.endswith("_policy")
 
 
-def _is_private(name: str) -> bool:
-    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+def _is_private(name: str) -> bool:  # `_replan`, not `__class__`
+    return name.startswith("_") and not name.endswith("__")
 
 
 def policy_dispatches(source: str) -> list[int]:
-    """Lines that compare a policy (name) with a string literal (==, !=, is, `in` a literal
-    collection of names, `.startswith(...)` and the other str tests), or `match` on it, or
-    that reach a policy's private member (`policy._replan`, `getattr(policy, "_replan")`).
-    Comparing two names, as in grouping results by policy, is not dispatch."""
+    """Lines that compare a policy (name) with a string literal (==, !=, is, `in` literal
+    names, `.startswith(...)`, the other STRING_TESTS), `match` on it, or use a policy's private
+    member (`policy._replan`, `getattr(policy, "_x")`); comparing two names is no dispatch."""
     lines = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Call):
@@ -178,8 +171,7 @@ def policy_dispatches(source: str) -> list[int]:
                 lines.append(node.lineno)
             elif (isinstance(func, ast.Name) and func.id in ("getattr", "hasattr", "setattr")
                   and len(node.args) >= 2 and _is_policy_holder(node.args[0])
-                  and isinstance(node.args[1], ast.Constant)
-                  and isinstance(node.args[1].value, str) and _is_private(node.args[1].value)):
+                  and _is_private(str(getattr(node.args[1], "value", "")))):
                 lines.append(node.lineno)
         elif (isinstance(node, ast.Attribute) and _is_private(node.attr)
               and _is_policy_holder(node.value)):
