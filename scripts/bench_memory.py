@@ -23,6 +23,7 @@ from pathlib import Path
 
 from sliceserve.engine.async_engine import AsyncEngine
 from sliceserve.engine.build import build_engine
+from sliceserve.engine.config import EngineConfig
 from sliceserve.request import SamplingParams
 from sliceserve.server import memory
 
@@ -46,7 +47,8 @@ def main() -> None:
     a = p.parse_args()
     t0 = time.monotonic()
     samples = [(0.0, rss_mib())]
-    live = build_engine(None, "slice", latency_model=str(REPO / "docs/bench/profile_smollm2.json"))
+    live = build_engine(EngineConfig(
+        policy="slice", latency_model=str(REPO / "docs/bench/profile_smollm2.json")))
     samples.append((time.monotonic() - t0, rss_mib()))
     rng = random.Random(0)
     done = [0]

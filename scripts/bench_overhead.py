@@ -25,7 +25,9 @@ from typing import Any
 import torch
 
 from sliceserve.engine.build import build_engine
+from sliceserve.engine.config import EngineConfig
 from sliceserve.engine.outputs import OutputProcessor
+from sliceserve.policies.registry import policy_option_names
 from sliceserve.request import SLO, Request, SamplingParams
 
 
@@ -46,10 +48,11 @@ def main() -> None:
     args = parser.parse_args()
 
     options = {}
-    if args.policy != "slice" and not args.policy.startswith("slice"):
+    if "max_batch_size" in policy_option_names(args.policy):  # the baselines' batch limit
         options["max_batch_size"] = args.max_batch_size or args.requests
-    live = build_engine(args.model, args.policy, options, dtype=args.dtype,
-                        num_threads=args.threads, latency_model="paper")
+    live = build_engine(EngineConfig(model=args.model, policy=args.policy, policy_options=options,
+                                     dtype=args.dtype, num_threads=args.threads,
+                                     latency_model="paper"))
     engine, runner = live.engine, live.runner
     processor = OutputProcessor(live.tokenizer, engine.scheduler.finish_request)
     rng = random.Random(0)

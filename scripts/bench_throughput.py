@@ -48,6 +48,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from sliceserve.policies.registry import policy_option_names
+
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / "scripts" / "peers"
 sys.path.insert(0, str(ROOT))
@@ -374,7 +376,7 @@ def main() -> None:
                 spec["options"] = {"policy": args.policy}
                 if settings.get("quantization", "none") != "none":
                     spec["options"]["quantization"] = settings["quantization"]
-                if not args.policy.startswith("slice"):
+                if "max_batch_size" in policy_option_names(args.policy):
                     spec["options"]["policy_options"] = {"max_batch_size": args.max_batch_size}
             print(f"[repeat {repeat + 1}/{repeats}] {system}", file=sys.stderr, flush=True)
             record: dict[str, Any] = {"repeat": repeat, "position": position, "system": system,

@@ -23,16 +23,19 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 if TYPE_CHECKING:
     from sliceserve.engine.async_engine import AsyncEngine
     from sliceserve.engine.build import build_engine
+    from sliceserve.engine.config import EngineConfig
     from sliceserve.engine.llm import LLM
     from sliceserve.engine.outputs import RequestOutput
 
-__all__ = ["LLM", "SLO", "AsyncEngine", "RequestOutput", "SamplingParams", "build_engine"]
+__all__ = ["LLM", "SLO", "AsyncEngine", "EngineConfig", "RequestOutput", "SamplingParams",
+           "build_engine"]
 
 _LAZY = {
     "LLM": "sliceserve.engine.llm",
     "RequestOutput": "sliceserve.engine.outputs",
     "AsyncEngine": "sliceserve.engine.async_engine",
     "build_engine": "sliceserve.engine.build",
+    "EngineConfig": "sliceserve.engine.config",
 }
 
 

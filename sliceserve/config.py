@@ -40,7 +40,8 @@ class SchedulerConfig:
         return self.num_kv_blocks * self.block_size
 
     @classmethod
-    def for_capacity(cls, kv_capacity_tokens: int, **kwargs: object) -> SchedulerConfig:
-        block_size = int(kwargs.pop("block_size", 16))  # type: ignore[arg-type]
-        num_blocks = max(1, kv_capacity_tokens // block_size)
-        return cls(block_size=block_size, num_kv_blocks=num_blocks, **kwargs)  # type: ignore[arg-type]
+    def for_capacity(cls, kv_capacity_tokens: int, block_size: int = 16) -> SchedulerConfig:
+        """The default limits with a KV cache of `kv_capacity_tokens` tokens (at least one
+        block); `dataclasses.replace` sets the others."""
+        return cls(block_size=block_size,
+                   num_kv_blocks=max(1, kv_capacity_tokens // block_size))

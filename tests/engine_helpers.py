@@ -23,12 +23,12 @@ TEST_DEVICE = os.environ.get("SLICESERVE_TEST_DEVICE", "cpu")
 
 def make_engine(folder: Path | ModelRunner, policy: str | Policy = "vllm",
                 options: dict[str, Any] | None = None, *,
-                wrap: Callable[[Policy], Policy] | None = None, **runner_kwargs: Any,
-                ) -> Engine:
+                wrap: Callable[[Policy], Policy] | None = None,
+                max_num_batched_tokens: int = 2048, **runner_kwargs: Any) -> Engine:
     runner = folder if isinstance(folder, ModelRunner) else ModelRunner(
         folder, RunnerConfig(**{"dtype": "float32", "num_kv_blocks": 256, "device": TEST_DEVICE,
                                 **runner_kwargs}))
-    config = runner.scheduler_config()
+    config = runner.scheduler_config(max_num_batched_tokens=max_num_batched_tokens)
     if isinstance(policy, str):
         policy = make_policy(policy, LatencyModel.load("paper"), config, options or {})
     if wrap is not None:

@@ -15,6 +15,7 @@ import pytest
 
 from sliceserve.engine.async_engine import AsyncEngine, EngineNotRunning, EngineStepError
 from sliceserve.engine.build import LiveEngine, build_engine
+from sliceserve.engine.config import EngineConfig
 from sliceserve.engine.outputs import RequestOutput
 from sliceserve.request import SamplingParams
 from tests.tiny_models import make_tiny_model
@@ -26,8 +27,9 @@ LONG = SamplingParams(max_tokens=100, **GREEDY)  # long enough to be stopped hal
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> LiveEngine:
     folder: Path = make_tiny_model(tmp_path_factory.mktemp("tiny") / "llama")
-    return build_engine(folder, "slice", dtype="float32", latency_model="paper",
-                        kv_cache_memory_gb=0.01, max_model_len=128)
+    return build_engine(EngineConfig(model=folder, policy="slice", dtype="float32",
+                                     latency_model="paper", kv_cache_memory_gb=0.01,
+                                     max_model_len=128))
 
 
 def run(live: LiveEngine, body: Callable[[AsyncEngine], Awaitable[Any]]) -> Any:

@@ -12,6 +12,7 @@ import pytest
 
 from sliceserve.engine.async_engine import AsyncEngine
 from sliceserve.engine.build import LiveEngine, build_engine
+from sliceserve.engine.config import EngineConfig
 from sliceserve.request import Request, SamplingParams
 from tests.tiny_models import make_tiny_model
 
@@ -21,8 +22,9 @@ GREEDY = dict(temperature=0.0, ignore_eos=True)
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> LiveEngine:
     folder: Path = make_tiny_model(tmp_path_factory.mktemp("tiny") / "llama")
-    return build_engine(folder, "slice", dtype="float32", latency_model="paper",
-                        kv_cache_memory_gb=0.01, max_model_len=128)
+    return build_engine(EngineConfig(model=folder, policy="slice", dtype="float32",
+                                     latency_model="paper", kv_cache_memory_gb=0.01,
+                                     max_model_len=128))
 
 
 def _alive(live: LiveEngine, prefix: str) -> set[str]:

@@ -182,6 +182,35 @@ def test_run_can_profile_in_its_own_process_first(
     assert "measured / predicted" in err and '"decode_iterations"' in err
 
 
+def test_run_loads_the_model_once_and_warms_it_up_once(
+        tiny_folder: Path, workload_file: Path, tmp_path: Path, capsys,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No engine or policy beyond the one the run serves with, one warm-up right before it."""
+    import sliceserve.bench.live as live_module
+    import sliceserve.engine.build as build_module
+
+    def no_engine(*args: object, **kwargs: object) -> None:
+        raise AssertionError("sliceserve run built an engine it does not use")
+
+    warm_ups: list[object] = []
+    policies: list[object] = []
+    real_warm_up, real_make_policy = profiler.warm_up, live_module.make_policy
+    monkeypatch.setattr(build_module, "build_engine", no_engine)
+    monkeypatch.setattr(profiler, "warm_up",
+                        lambda runner, **kw: warm_ups.append(runner) or real_warm_up(runner, **kw))
+    monkeypatch.setattr(live_module, "make_policy",
+                        lambda *a, **kw: policies.append(a[0]) or real_make_policy(*a, **kw))
+    out = tmp_path / "live.json"
+    code, _, err = run_cli(capsys, "run", "-w", workload_file, "-p", "edf", "-n", "3",
+                           "--rate", "50", "--model", tiny_folder, "--dtype", "float32",
+                           "--kv-cache-gb", "0.05", "--latency-model", "paper", "--no-table",
+                           "--out", out)
+    assert code == 0, err
+    assert len(warm_ups) == 1 and policies == ["edf"]
+    (run,) = load_results(out)
+    assert run["summary"]["completed"] == 3
+
+
 @pytest.mark.parametrize("args", [
     ["profile", "--dtype", "int8"],
     ["profile", "--quantization", "int3"],

@@ -14,6 +14,7 @@ import pytest
 
 from sliceserve import LLM, SLO, RequestOutput, SamplingParams
 from sliceserve.engine.build import DEFAULT_SLO, build_engine
+from sliceserve.engine.config import EngineConfig
 from sliceserve.model.detokenizer import REPLACEMENT_CHAR
 from tests.tiny_models import make_tiny_model
 
@@ -185,11 +186,14 @@ def test_invalid_sampling_values_raise_value_error() -> None:
 def test_bad_policy_or_options_fail_before_the_model_loads(tmp_path: Path) -> None:
     missing = tmp_path / "no-model-here"  # never reached: the policy is checked first
     with pytest.raises(ValueError, match="unknown policy 'fifo'; valid: .*orca, slice"):
-        build_engine(missing, policy="fifo")
+        LLM(missing, policy="fifo")
     with pytest.raises(ValueError, match="has no option"):
-        build_engine(missing, policy="orca", policy_options={"nonsense": 1})
+        LLM(missing, policy="orca", policy_options={"nonsense": 1})
+    with pytest.raises(ValueError, match="unknown setting.*'max_num_batch_tokens' "
+                       "\\(did you mean 'max_num_batched_tokens'\\?\\)"):
+        LLM(missing, policy="orca", max_num_batch_tokens=64)
     with pytest.raises(ValueError, match="does not exist"):
-        build_engine(missing, policy="orca", latency_model="paper")
+        build_engine(EngineConfig(model=missing, policy="orca", latency_model="paper"))
 
 
 def test_empty_prompt_list_returns_nothing(llm: LLM) -> None:
@@ -209,7 +213,9 @@ def test_the_public_names_import_without_torch() -> None:
 
         sys.meta_path.insert(0, Block())
         import sliceserve
-        from sliceserve import LLM, SLO, AsyncEngine, RequestOutput, SamplingParams, build_engine
+        from sliceserve import (LLM, SLO, AsyncEngine, EngineConfig, RequestOutput,
+                                SamplingParams, build_engine)
+        EngineConfig(policy="orca", max_num_seqs=4)  # validated without torch
         assert "torch" not in sys.modules
         assert {"LLM", "SLO", "SamplingParams", "RequestOutput"} <= set(dir(sliceserve))
         try:

@@ -243,6 +243,35 @@ def test_failed_conversion_leaves_nothing_and_never_uses_a_half_written_folder(
     assert [p.name for p in target.parent.iterdir() if p.is_dir()] == []
 
 
+def test_the_conversion_is_keyed_by_the_files_content(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Copies of one GGUF (one per virtual environment) share one conversion; another file
+    gets its own; a known file is not hashed again."""
+    from sliceserve.model import gguf_file
+
+    monkeypatch.setenv("SLICESERVE_CACHE_DIR", str(tmp_path / "cache"))
+    for venv in ("venv-a", "venv-b", "venv-c"):
+        (tmp_path / venv).mkdir()
+    first = _write_gguf(tmp_path / "venv-a" / "m.gguf", "llama", with_tensor=True)
+    second = tmp_path / "venv-b" / "m.gguf"
+    shutil.copyfile(first, second)
+    os.utime(second, ns=(1, 1))  # another install: another path and mtime, same bytes
+    assert converted_folder(first) == converted_folder(second)
+    assert converted_folder(first).parent == cache_dir() / "models"
+    other = _write_gguf(tmp_path / "venv-c" / "m.gguf", "mistral", with_tensor=True)
+    assert converted_folder(other) != converted_folder(first)
+    opened: list[object] = []
+    real_open = open
+    monkeypatch.setattr(gguf_file, "open", lambda *a, **kw: opened.append(a[0]) or
+                        real_open(*a, **kw), raising=False)
+    converted_folder(first), converted_folder(second)
+    assert opened == []  # remembered by path, size and mtime
+    with open(second, "ab") as f:
+        f.write(b"\0")
+    assert converted_folder(second) != converted_folder(first)
+    assert opened == [second.resolve()]
+
+
 def test_unwritable_cache_is_a_clear_error(tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "file").write_text("")

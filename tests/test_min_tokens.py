@@ -10,6 +10,7 @@ import pytest
 
 from sliceserve.engine.async_engine import AsyncEngine
 from sliceserve.engine.build import build_engine
+from sliceserve.engine.config import EngineConfig
 from sliceserve.engine.engine import Engine
 from sliceserve.request import SamplingParams
 from tests.engine_helpers import make_engine, request, run_to_completion
@@ -63,8 +64,9 @@ def test_validation() -> None:
 def test_stop_strings_count_only_after_min_tokens(folder: Path) -> None:
     import asyncio
 
-    live = build_engine(folder, "vllm", dtype="float32", latency_model="paper",
-                        kv_cache_memory_gb=0.01, max_model_len=128, warm_up=False)
+    live = build_engine(EngineConfig(model=folder, policy="vllm", dtype="float32",
+                                     latency_model="paper", kv_cache_memory_gb=0.01,
+                                     max_model_len=128), warm_up=False)
 
     async def run(**sampling: object) -> str:
         async with AsyncEngine(live) as engine:

@@ -83,7 +83,7 @@ def test_a_long_prompt_does_not_charge_this_periods_mask() -> None:
     assert isinstance(policy, SlicePolicy)
     long_prompt = request("a", 0.0, 400, 16, 20_000, 78, 100.0, "control")
     short = request("b", 0.0, 20, 16, 20_000, 78, 100.0, "control")
-    selector = policy._selector
+    selector = policy.selector
     assert selector.assess(long_prompt, 0.0).mask_rate == 0  # 5.9 s of prompt first
     assert selector.assess(short, 0.0).mask_rate == selector.assess(short, 0.0).rate
     c = selector.assess(long_prompt, 0.0)  # charged its share of the 20 s it has

@@ -5,14 +5,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from sliceserve.bench.profile_report import latency_model_json, points_json, points_path
 from sliceserve.latency_model import LatencyModel
-from sliceserve.model import profiler
+from sliceserve.model import profile_cache, profiler
 from sliceserve.model.cpu import cpu_info
+from sliceserve.model.profile_cache import (
+    cached_profile_path,
+    engine_fingerprint,
+    latency_model_for,
+    load_cached_profile,
+    profile_key,
+    source_fingerprint,
+    store_profile,
+)
 from sliceserve.model.profile_fit import (
     Profile,
     ProfileError,
@@ -22,16 +32,7 @@ from sliceserve.model.profile_fit import (
     fit_latency_model,
     fit_prefill,
 )
-from sliceserve.model.profiler import (
-    cached_profile_path,
-    engine_fingerprint,
-    latency_model_for,
-    load_cached_profile,
-    profile_key,
-    profile_runner,
-    source_fingerprint,
-    store_profile,
-)
+from sliceserve.model.profiler import profile_runner
 from sliceserve.model.runner import ModelRunner, RunnerConfig
 from tests.tiny_models import make_tiny_model
 
@@ -234,7 +235,7 @@ def test_the_engine_fingerprint_follows_the_engine_code(tmp_path: Path) -> None:
         (package / name).parent.mkdir(parents=True, exist_ok=True)
         (package / name).write_text(text)
     base = source_fingerprint(package, "0.1.0")
-    assert len(base) == 12 and int(base, 16) >= 0
+    assert re.fullmatch(r"[0-9a-f]{12}", base), base  # 12 lower-case hex digits
     assert source_fingerprint(package, "0.1.0") == base
 
     def changed(name: str, text: str) -> str:
@@ -284,15 +285,15 @@ def test_a_profile_of_other_engine_code_is_not_reused(
         measured.append(settings)
         return synthetic_profile(true_model())
 
-    monkeypatch.setattr(profiler, "profile_runner", fake_profile)
+    monkeypatch.setattr(profile_cache, "profile_runner", fake_profile)
     runner = tiny_runner(tiny_folder)
-    monkeypatch.setattr(profiler, "engine_fingerprint", lambda: "0ld0ld0ld0ld")
+    monkeypatch.setattr(profile_cache, "engine_fingerprint", lambda: "0ld0ld0ld0ld")
     old_key = profile_key(runner, "tiny")
     latency_model_for(runner, "tiny")
     latency_model_for(runner, "tiny")
     assert len(measured) == 1 and load_cached_profile(old_key) is not None
 
-    monkeypatch.setattr(profiler, "engine_fingerprint", lambda: "0e10e10e10e1")
+    monkeypatch.setattr(profile_cache, "engine_fingerprint", lambda: "0e10e10e10e1")
     new_key = profile_key(runner, "tiny")
     assert new_key.engine.startswith("0e10e10e10e1/") and new_key != old_key
     assert cached_profile_path(new_key) != cached_profile_path(old_key)
@@ -314,7 +315,7 @@ def test_the_key_tells_the_compiled_kernels_from_the_pytorch_path(tiny_folder: P
     if cpu_kernels() is None:
         pytest.skip("no C++ toolchain here: every runner takes the PyTorch path")
 
-    def key(**config: object) -> profiler.ProfileKey:
+    def key(**config: object) -> profile_cache.ProfileKey:
         runner = ModelRunner(tiny_folder, RunnerConfig(dtype="bfloat16", num_kv_blocks=8,
                                                        num_threads=1, **config))
         return profile_key(runner, "tiny")
@@ -360,7 +361,7 @@ def test_the_key_knows_the_cpu_and_the_kernels_vector_path(
 def test_store_profile_keeps_one_file_per_key(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLICESERVE_CACHE_DIR", str(tmp_path))
-    key = profiler.ProfileKey("m", "cpu", "bfloat16", 2, "abc/eager")
+    key = profile_cache.ProfileKey("m", "cpu", "bfloat16", 2, "abc/eager")
     model = fit_latency_model(synthetic_profile(true_model()), "fit")
     store_profile(key, model, synthetic_profile(true_model()))
     found = load_cached_profile(key)

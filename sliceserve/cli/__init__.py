@@ -36,7 +36,8 @@ from sliceserve.cli.common import (
     BadInput,
     parse_policy_options,
 )
-from sliceserve.cli.model_commands import MODEL_DTYPES, profile, run
+from sliceserve.cli.model_commands import profile, run
+from sliceserve.cli.model_common import MODEL_DTYPES
 from sliceserve.cli.serve_command import serve
 from sliceserve.cli.sim_commands import METRICS, policies, show, simulate, sweep, workload
 

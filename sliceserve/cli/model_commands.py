@@ -34,40 +34,22 @@ from sliceserve.cli.common import (
     parse_policy_options,
     progress_bar,
 )
+from sliceserve.cli.model_common import (
+    DeviceOpt,
+    DtypeOpt,
+    KvCacheOpt,
+    ModelOpt,
+    QuantOpt,
+    ThreadsOpt,
+    check_model_options,
+    load_runner,
+    machine_line,
+)
+from sliceserve.engine.config import EngineConfig
 from sliceserve.latency_model import LatencyModel
 from sliceserve.metrics.results import dumps
 from sliceserve.metrics.table import home_metrics_table, run_table
 from sliceserve.workloads import DEFAULT_CV, is_trace_path
-
-# sliceserve.model.precision.DTYPE_CHOICES and QUANTIZATIONS, without importing torch
-MODEL_DTYPES = ("auto", "bfloat16", "float16", "float32")
-QUANTIZATIONS = ("none", "int8")
-
-# Options of the commands that load a real model.
-ModelOpt = Annotated[str | None, typer.Option(
-    "--model", "-m", help="smollm2-135m (default), a Hugging Face folder or a .gguf file")]
-DtypeOpt = Annotated[str, typer.Option(
-    help="auto (the format measured fastest on this device: bfloat16 where the CPU computes "
-    "it natively, float32 on other CPUs), bfloat16, float16 or float32")]
-QuantOpt = Annotated[str, typer.Option(
-    "--quantization", help="none, or int8: weight-only int8 linear layers (CPU)")]
-DeviceOpt = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1, ...")]
-ThreadsOpt = Annotated[int | None, typer.Option(
-    "--threads", help="torch CPU threads (default: torch's choice)")]
-KvCacheOpt = Annotated[float | None, typer.Option(
-    "--kv-cache-gb", help="KV cache memory budget, GB (default: the runner's)")]
-
-
-def _check_model_options(dtype: str, threads: int | None, kv_cache_gb: float | None,
-                         quantization: str = "none") -> None:
-    if dtype not in MODEL_DTYPES:
-        raise BadInput(f"--dtype must be one of {', '.join(MODEL_DTYPES)}, got {dtype!r}")
-    if quantization not in QUANTIZATIONS:
-        raise BadInput(f"--quantization must be one of {', '.join(QUANTIZATIONS)}, got "
-                       f"{quantization!r}")
-    if threads is not None and threads < 1:
-        raise BadInput(f"--threads must be >= 1, got {threads}")
-    _check_positive("--kv-cache-gb", kv_cache_gb)
 
 
 def profile(
@@ -90,14 +72,16 @@ def profile(
 ) -> None:
     """Measure decode and prefill latency on this device and fit the latency model."""
     from sliceserve.bench import profile_report as report
-    from sliceserve.model import profiler
+    from sliceserve.model import profile_cache, profiler
 
-    _check_model_options(dtype, threads, kv_cache_gb, quantization)
+    check_model_options(dtype, threads, kv_cache_gb, quantization)
     if repeats is not None and repeats < 1:
         raise BadInput(f"--repeats must be >= 1, got {repeats}")
-    runner, name = _load_runner(model, dtype, device, threads, kv_cache_gb, quantization)
+    runner, name = load_runner(EngineConfig(
+        model=model, dtype=dtype, quantization=quantization, device=device,
+        num_threads=threads, kv_cache_memory_gb=kv_cache_gb))
     print(machine_line(runner), file=sys.stderr)
-    key = profiler.profile_key(runner, name)
+    key = profile_cache.profile_key(runner, name)
     settings = dict(profiler.QUICK) if quick else {}
     if repeats is not None:
         settings["repeats"] = repeats
@@ -112,7 +96,7 @@ def profile(
               f"{measured.load_average}); not cached as this device's profile (rerun on a "
               "quiet machine, or pass --cache-busy)", file=sys.stderr)
     elif cache:
-        print(f"cached as {profiler.store_profile(key, fitted, measured)}", file=sys.stderr)
+        print(f"cached as {profile_cache.store_profile(key, fitted, measured)}", file=sys.stderr)
     if out is not None:
         _write(out, report.latency_model_json(fitted))
         _write(report.points_path(out), report.points_json(measured, fitted))
@@ -180,7 +164,7 @@ def run(
     _check_positive("--rate", rate)
     _check_load(load, rate, workload)
     _check_positive("--max-time-s", max_time_s)
-    _check_model_options(dtype, threads, kv_cache_gb, quantization)
+    check_model_options(dtype, threads, kv_cache_gb, quantization)
     if trace_out is not None and trace_out.suffix != ".jsonl":
         raise BadInput(f"--trace-out must name a .jsonl file, got {trace_out}")
     if profile_out is not None and latency_model is not None:
@@ -195,38 +179,44 @@ def run(
     given_model = LatencyModel.load(latency_model) if latency_model else None
     make_traffic(workload, latency_model=given_model or LatencyModel.load("paper"),
                  **traffic_args)
-    from sliceserve.engine.build import build_engine
+    from sliceserve.engine.build import load_model
 
-    if profile_out is not None:  # a stand-in until this process's profile replaces it
-        given_model = LatencyModel.load("paper")
-    engine = build_engine(model, policy, options, dtype=dtype, quantization=quantization,
-                          device=device, kv_cache_memory_gb=kv_cache_gb, num_threads=threads,
-                          latency_model=given_model)
-    print(machine_line(engine.runner), file=sys.stderr)
-    model_lm = engine.latency_model
+    config = EngineConfig(model=model, policy=policy, policy_options=options, dtype=dtype,
+                          quantization=quantization, device=device,
+                          kv_cache_memory_gb=kv_cache_gb, num_threads=threads,
+                          latency_model=given_model, online_latency=online_latency)
+    # The model alone: run_live puts the policy and a fresh engine around it.
+    loaded = load_model(config)
+    print(machine_line(loaded.runner), file=sys.stderr)
     if profile_out is not None:
         from sliceserve.bench import profile_report as report
 
-        measured, model_lm = _measure(engine.runner, engine.model_name, {},
+        measured, model_lm = _measure(loaded.runner, loaded.model_name, {},
                                       "sliceserve run --profile-out;")
         _write(profile_out, report.latency_model_json(model_lm))
         _write(report.points_path(profile_out), report.points_json(measured, model_lm))
+    else:
+        model_lm = given_model or loaded.device_latency_model()
     load_info = _apply_load(load, workload, model_lm, traffic_args)
     traffic = make_traffic(workload, latency_model=model_lm, **traffic_args)
     if trace_out is not None:
         _write_trace(traffic, trace_out)
+    from sliceserve.model.tokenizer import encode_prompt
+
+    tokenizer = loaded.tokenizer
     requests = live.live_requests(
-        traffic, engine.vocab_size, seed=seed,
-        special_ids=getattr(engine.tokenizer, "all_special_ids", ()), encode=engine.encode)
-    warm_up(engine.runner)
+        traffic, int(loaded.runner.model_config.vocab_size), seed=seed,
+        special_ids=getattr(tokenizer, "all_special_ids", ()),
+        encode=lambda prompt: list(encode_prompt(tokenizer, prompt)))
+    warm_up(loaded.runner)  # once, right before the run (after a profile, if any)
     from sliceserve.bench.calibrate import IterationRecorder, calibrate
 
-    recorder = IterationRecorder(engine.runner)
+    recorder = IterationRecorder(loaded.runner)
     with progress_bar(len(requests), f"run {policy}") as update:
-        result = live.run_live(traffic, recorder, policy, model_lm, engine.config, requests,
-                               policy_options=options, model_id=engine.model_name,
+        result = live.run_live(traffic, recorder, policy, model_lm, loaded.limits, requests,
+                               policy_options=options, model_id=loaded.model_name,
                                device=device_name(device), max_time_s=max_time_s,
-                               machine=machine_block(engine.runner), progress=update,
+                               machine=machine_block(loaded.runner), progress=update,
                                online_latency=online_latency)
     result.update(load_info)
     correction = result.get("latency_correction")
@@ -275,39 +265,13 @@ def _apply_load(load: float | None, workload: str, latency_model: LatencyModel,
     return {"load": load, "capacity_estimate": estimate.to_dict()}
 
 
-def _load_runner(model: str | None, dtype: str, device: str, threads: int | None,
-                 kv_cache_gb: float | None, quantization: str = "none") -> tuple[Any, str]:
-    """A model runner and the model's name (default: the embedded SmolLM2)."""
-    from sliceserve.model.loader import DEFAULT_MODEL, resolve_model
-    from sliceserve.model.runner import ModelRunner, RunnerConfig
-
-    folder = resolve_model(model)
-    runner = ModelRunner(folder, RunnerConfig(dtype=dtype, quantization=quantization,
-                                              device=device, num_threads=threads,
-                                              kv_cache_memory_gb=kv_cache_gb))
-    return runner, DEFAULT_MODEL if model is None else str(model)
-
-
-def machine_line(runner: Any) -> str:
-    """One line on what the runner computes in and on, and why (stderr of profile and run)."""
-    from sliceserve.model.precision import machine_block
-
-    m = machine_block(runner)
-    cpu = (f"; CPU {m['cpu']} ({m['arch']}: {' '.join(m['cpu_flags']) or 'no listed flags'})"
-           if "cpu" in m else "")
-    quant = "" if m.get("quantization", "none") == "none" else f", {m['quantization']} weights"
-    why = f" ({m['dtype_requested']}: {m['dtype_reason']})" if "dtype" in m else ""
-    return (f"number format: {m.get('dtype', '?')}{quant}{why}; device {m['device']}{cpu}; "
-            f"kernels {m['kernels']}; {m['threads']} threads")
-
-
 def _measure(runner: Any, name: str, settings: dict[str, Any], notes: str) -> tuple[Any, Any]:
     """Profile `runner` (a progress bar on stderr) and fit: (Profile, LatencyModel)."""
     from tqdm import tqdm
 
-    from sliceserve.model import profiler
+    from sliceserve.model import profile_cache, profiler
 
-    key = profiler.profile_key(runner, name)
+    key = profile_cache.profile_key(runner, name)
     with tqdm(desc="profile", unit="it", disable=None, file=sys.stderr) as bar:
         def progress(done: int, total: int, what: str) -> None:
             bar.total = total
@@ -315,7 +279,7 @@ def _measure(runner: Any, name: str, settings: dict[str, Any], notes: str) -> tu
             bar.update(done - bar.n)
 
         measured = profiler.profile_runner(runner, model=name, progress=progress, **settings)
-    fitted = profiler.fit_latency_model(measured, profiler.model_name(name, key), key.device,
+    fitted = profiler.fit_latency_model(measured, profile_cache.model_name(name, key), key.device,
                                         name, notes=notes)
     return measured, fitted
 

@@ -11,13 +11,13 @@ from typing import Annotated
 import typer
 
 from sliceserve.cli.common import OPTION_HELP, BadInput, parse_policy_options
-from sliceserve.cli.model_commands import (
+from sliceserve.cli.model_common import (
     DeviceOpt,
     DtypeOpt,
     ModelOpt,
     QuantOpt,
     ThreadsOpt,
-    _check_model_options,
+    check_model_options,
 )
 
 
@@ -73,24 +73,30 @@ def serve(
         raise BadInput(f"--onednn-cache-capacity must be >= -1, got {onednn_cache_capacity}")
     if onednn_cache_capacity >= 0:  # read when torch loads oneDNN; the environment wins
         os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(onednn_cache_capacity))
+    from sliceserve.engine.config import EngineConfig
     from sliceserve.server.config import ServerConfig
     from sliceserve.server.runtime import serve as run_server
 
-    _check_model_options(dtype, threads, None, quantization)
+    check_model_options(dtype, threads, None, quantization)
     if kv_cache_memory_gb is not None and not kv_cache_memory_gb > 0:
         raise BadInput(f"--kv-cache-memory-gb must be > 0, got {kv_cache_memory_gb}")
     if max_queued_requests < -1:
         raise BadInput(f"--max-queued-requests must be >= -1, got {max_queued_requests}")
     options = parse_policy_options(policy_option or [], [policy])[policy]
+    if max_num_seqs < 1:
+        raise BadInput(f"--max-num-seqs must be >= 1, got {max_num_seqs}")
+    engine = EngineConfig(
+        model=model, policy=policy, policy_options=options, dtype=dtype,
+        quantization=quantization, device=device, kv_cache_memory_gb=kv_cache_memory_gb,
+        max_model_len=max_model_len, num_threads=threads, max_num_seqs=max_num_seqs,
+        latency_model=latency_model)
     config = ServerConfig(
-        model=model, policy=policy, policy_options=options, host=host, port=port,
+        engine=engine, host=host, port=port,
         api_keys=tuple(api_key or ()), slo_classes=slo_classes,
-        served_model_names=tuple(served_model_name or ()), max_num_seqs=max_num_seqs,
+        served_model_names=tuple(served_model_name or ()),
         max_queued_requests=None if max_queued_requests == -1 else max_queued_requests,
         infeasible=infeasible,  # type: ignore[arg-type]
-        drain_timeout_s=drain_timeout, dtype=dtype, quantization=quantization, device=device,
-        kv_cache_memory_gb=kv_cache_memory_gb, max_model_len=max_model_len,
-        num_threads=threads, latency_model=latency_model, max_body_bytes=max_request_bytes,
+        drain_timeout_s=drain_timeout, max_body_bytes=max_request_bytes,
         retry_after_s=retry_after, log_level=log_level,
         malloc_arena_max=malloc_arena_max or None, malloc_trim_interval_s=malloc_trim_interval)
     return run_server(config)

@@ -5,8 +5,19 @@ Invariant: every block is either free or in exactly one request's table.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from sliceserve.config import blocks_for_tokens  # noqa: F401  (re-exported for callers)
 from sliceserve.request import Request
+
+
+class Computed(Protocol):
+    """What `num_needed` reads of a request: a Request, or the RequestView a policy holds."""
+
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def num_computed_tokens(self) -> int: ...
 
 
 class KVCacheFull(RuntimeError):
@@ -19,8 +30,8 @@ class BlockManager:
     where the previous one's room ends), and a table grows into the block after its last one
     while that is free; otherwise the lowest free blocks are taken. Only placement differs
     from a plain free list: capacity and accounting are the same. On a CPU, decode attention
-    reading each row's history in long consecutive runs was 1.15x faster end to end on
-    SmolLM2 (64 requests x 128 tokens) than over interleaved blocks."""
+    that reads each row's history in long consecutive runs is faster end to end than over
+    interleaved blocks (measured: docs/BENCHMARKS.md, "Figures behind the code")."""
 
     def __init__(self, num_blocks: int, block_size: int) -> None:
         self.num_blocks = num_blocks
@@ -41,7 +52,7 @@ class BlockManager:
     def block_table(self, request_id: str) -> list[int]:
         return self._tables.get(request_id, [])
 
-    def num_needed(self, request: Request, num_new_tokens: int) -> int:
+    def num_needed(self, request: Computed, num_new_tokens: int) -> int:
         """Blocks to add so that `request` can compute `num_new_tokens` more tokens."""
         # blocks_for_tokens, inlined: the hottest call of the scheduler and policies.
         total = -(-(request.num_computed_tokens + num_new_tokens) // self.block_size)

@@ -7,7 +7,7 @@ the thread applies between steps, under a lock; outputs travel back through one 
 per request, all of one iteration's in one `loop.call_soon_threadsafe` (one loop wakeup per
 iteration, not one per token).
 
-    engine = AsyncEngine(build_engine(policy="slice"))
+    engine = AsyncEngine.from_config(EngineConfig(policy="slice"))  # or AsyncEngine(live)
     await engine.start()
     async for out in engine.generate("Hello", SamplingParams(max_tokens=16)):
         print(out.delta_text, end="")
@@ -34,9 +34,11 @@ import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+from sliceserve.clock import Clock
 from sliceserve.core.plan import StepOutput
-from sliceserve.engine.build import DEFAULT_SLO, LiveEngine
+from sliceserve.engine.build import DEFAULT_SLO, LiveEngine, build_engine
 from sliceserve.engine.commands import _Abort, _Add, _Call, settle_threadsafe
+from sliceserve.engine.config import EngineConfig
 from sliceserve.engine.engine import Engine, StepError
 from sliceserve.engine.outputs import OutputProcessor, RequestOutput
 from sliceserve.request import CODE_ABORTED, SLO, Request, SamplingParams
@@ -82,6 +84,13 @@ class AsyncEngine:
         self._processor = OutputProcessor(live.tokenizer, self.engine.scheduler.finish_request)
         self._ended: list[Request] = []  # filled by the scheduler while the thread runs
         self._outbox: list[tuple[_Queue, RequestOutput | BaseException]] = []  # to post
+
+    @classmethod
+    def from_config(cls, config: EngineConfig, *, warm_up: bool = True,
+                    clock: Clock | None = None,
+                    max_step_failures: int = MAX_STEP_FAILURES) -> AsyncEngine:
+        """Build the live engine `config` describes (`build_engine`) and stream over it."""
+        return cls(build_engine(config, clock=clock, warm_up=warm_up), max_step_failures)
 
     # --- life cycle ---
     @property

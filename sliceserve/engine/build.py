@@ -1,6 +1,6 @@
 """Build a live engine: a real model, its tokenizer, the scheduler and a policy, on a wall clock.
 
-    live = build_engine("smollm2-135m", policy="slice")
+    live = build_engine(EngineConfig(model="smollm2-135m", policy="slice"))
     live.engine.step()  # the same Engine the simulator runs, with a ModelRunner as executor
 
 `LLM` (offline) and `AsyncEngine` (streams, for the server) are both built on this.
@@ -16,15 +16,11 @@ from typing import Any
 from sliceserve.clock import Clock, WallClock
 from sliceserve.config import SchedulerConfig
 from sliceserve.core.scheduler import Scheduler
+from sliceserve.engine.config import EngineConfig
 from sliceserve.engine.engine import Engine
 from sliceserve.latency_model import LatencyModel
-from sliceserve.latency_online import OnlineLatencyOptions
 from sliceserve.policies.registry import make_policy
 from sliceserve.request import DEFAULT_SLO  # noqa: F401 - re-exported for the engine's users
-
-# Only stands in while the policy name and options are checked, before the model loads.
-STAND_IN_LATENCY_MODEL = "paper"
-ONLINE_LATENCY = OnlineLatencyOptions()  # the engine's default: the model follows the device
 
 
 class PromptError(ValueError):
@@ -41,6 +37,7 @@ class LiveEngine:
     latency_model: LatencyModel
     model_name: str
     model_folder: Path
+    engine_config: EngineConfig  # what it was built from
 
     @property
     def config(self) -> SchedulerConfig:
@@ -85,77 +82,80 @@ class LiveEngine:
                               f"({cfg.kv_capacity_tokens} tokens)")
 
 
-def build_engine(
-    model: str | Path | None = None,
-    policy: str = "slice",
-    policy_options: dict[str, Any] | None = None,
-    *,
-    dtype: str = "auto",
-    quantization: str = "none",
-    device: str = "cpu",
-    kv_cache_memory_gb: float | None = None,
-    max_model_len: int | None = None,
-    max_num_batched_tokens: int = 2048,
-    max_num_seqs: int = 256,
-    latency_model: LatencyModel | str | Path | None = None,
-    num_threads: int | None = None,
-    clock: Clock | None = None,
-    warm_up: bool = True,
-    online_latency: OnlineLatencyOptions | None = ONLINE_LATENCY,
-) -> LiveEngine:
-    """Load `model` (a name such as "smollm2-135m", a Hugging Face folder or a GGUF file; None:
-    the embedded default) and put it under `policy`. Bad policy names or options raise
-    ValueError (listing the valid ones) before the model is loaded.
+@dataclass
+class LoadedModel:
+    """A model ready to run, before a policy and an engine are put around it: `build_engine`
+    puts its own; `sliceserve run` puts a fresh one per run (bench/live.py)."""
 
-    `dtype` "auto" (the default) computes in the format measured fastest on this device
-    (sliceserve.model.precision: bfloat16 on CPUs with native bf16 and on GPUs, float32 on
-    other CPUs); `quantization="int8"` stores the linear layers' weights as int8 (CPU).
+    runner: Any  # the executor (sliceserve.model.runner.ModelRunner)
+    tokenizer: Any  # a transformers tokenizer
+    limits: SchedulerConfig  # the EngineConfig's limits and the runner's cache
+    model_name: str
+    folder: Path
 
-    `warm_up` runs a few untimed iterations first: the first forwards pay one-time set-up
-    (measured on SmolLM2: the first request's TTFT 2.5 s and TPOT 2.2 s, against 0.3 s and
-    0.1 s after), which would otherwise land in the first requests' metrics.
+    def device_latency_model(self) -> LatencyModel:
+        """This device's latency model for the model: the cached profile, or a quick
+        calibration now (stored for the next start)."""
+        from sliceserve.model.loader import model_id
+        from sliceserve.model.profile_cache import latency_model_for
 
-    `online_latency` (on by default; None freezes the profile): the policy corrects the
-    latency model from the iterations it measures (sliceserve/latency_online.py); the
-    correction is `engine.scheduler.policy.latency_source.snapshot()`."""
-    # Checked first, with a stand-in config: a typo should not cost a model load.
-    make_policy(policy, LatencyModel.load(STAND_IN_LATENCY_MODEL), SchedulerConfig(),
-                policy_options)
-    if isinstance(latency_model, (str, Path)):
-        latency_model = LatencyModel.load(str(latency_model))
+        return latency_model_for(self.runner, model_id(self.folder))
 
+
+def load_model(config: EngineConfig) -> LoadedModel:
+    """Load `config.model` (None: the embedded default) on the executor `config.backend`
+    names, with its tokenizer and the scheduler limits that fit its KV cache."""
     from sliceserve.model.loader import DEFAULT_MODEL, resolve_model
-    from sliceserve.model.runner import ModelRunner, RunnerConfig
     from sliceserve.model.tokenizer import eos_token_ids, load_tokenizer
 
-    model_name = DEFAULT_MODEL if model is None else str(model)
-    folder = Path(resolve_model(model))
-    runner = ModelRunner(folder, RunnerConfig(
-        dtype=dtype, quantization=quantization, device=device,
-        kv_cache_memory_gb=kv_cache_memory_gb,
-        max_model_len=max_model_len, max_num_batched_tokens=max_num_batched_tokens,
-        num_threads=num_threads))
+    model_name = DEFAULT_MODEL if config.model is None else config.model
+    folder = Path(resolve_model(config.model))
+    runner = make_runner(config, folder)
     tokenizer = load_tokenizer(folder)
-    config = runner.scheduler_config(
-        max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
+    limits = runner.scheduler_config(
+        **config.scheduler_limits(),
         eos_token_ids=tuple(eos_token_ids(tokenizer, runner.model_config)))
-    runner.sampler.eos_token_ids = config.eos_token_ids  # min_tokens masks what stops
+    runner.sampler.eos_token_ids = limits.eos_token_ids  # min_tokens masks what stops
+    return LoadedModel(runner, tokenizer, limits, model_name, folder)
+
+
+def build_engine(config: EngineConfig | None = None, *, clock: Clock | None = None,
+                 warm_up: bool = True) -> LiveEngine:
+    """Load `config.model` (None: the embedded default) and put it under `config.policy`.
+    The config was validated when it was made (engine/config.py), so a bad policy, option or
+    latency model has failed before any model loads.
+
+    `clock`: the engine's clock (default: a `WallClock`). `warm_up` runs a few untimed
+    iterations first: the first forwards pay one-time set-up, several times a warm
+    iteration's cost (docs/BENCHMARKS.md, "Figures behind the code"), which would otherwise
+    land in the first requests' metrics.
+
+    With `config.online_latency` (on by default) the policy corrects the latency model from
+    the iterations it measures (sliceserve/latency_online.py); the correction is
+    `engine.scheduler.policy.latency_source.snapshot()`."""
+    config = config if config is not None else EngineConfig()
+    latency_model = config.load_latency_model()
+    loaded = load_model(config)
     if latency_model is None:
-        latency_model = _latency_model_for(runner, folder)
+        latency_model = loaded.device_latency_model()
     if warm_up:
         from sliceserve.model.profiler import warm_up as warm_up_runner
 
-        warm_up_runner(runner)
-    scheduler = Scheduler(config, make_policy(policy, latency_model, config, policy_options,
-                                              online_latency=online_latency))
-    engine = Engine(scheduler, runner, clock if clock is not None else WallClock())
-    return LiveEngine(engine, runner, tokenizer, latency_model, model_name, folder)
+        warm_up_runner(loaded.runner)
+    policy = make_policy(config.policy, latency_model, loaded.limits,
+                         dict(config.policy_options), online_latency=config.online_latency)
+    engine = Engine(Scheduler(loaded.limits, policy), loaded.runner,
+                    clock if clock is not None else WallClock())
+    return LiveEngine(engine, loaded.runner, loaded.tokenizer, latency_model,
+                      loaded.model_name, loaded.folder, config)
 
 
-def _latency_model_for(runner: Any, folder: Path) -> LatencyModel:
-    """This device's latency model for the model: the cached profile, or a quick calibration
-    at start (stored for the next one)."""
-    from sliceserve.model.loader import model_id
-    from sliceserve.model.profiler import latency_model_for
+def make_runner(config: EngineConfig, folder: Path) -> Any:
+    """The executor `config.backend` names, over the model in `folder`: "torch" (the only one
+    in BACKENDS so far) is a ModelRunner."""
+    from sliceserve.model.runner import ModelRunner, RunnerConfig
 
-    return latency_model_for(runner, model_id(folder))
+    return ModelRunner(folder, RunnerConfig(
+        dtype=config.dtype, quantization=config.quantization, device=config.device,
+        kv_cache_memory_gb=config.kv_cache_memory_gb, max_model_len=config.max_model_len,
+        num_threads=config.num_threads))

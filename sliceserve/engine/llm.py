@@ -20,7 +20,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sliceserve.clock import Clock
 from sliceserve.engine.build import DEFAULT_SLO, LiveEngine, PromptError, build_engine
+from sliceserve.engine.config import EngineConfig
 from sliceserve.engine.outputs import OutputProcessor, RequestOutput
 from sliceserve.model.detokenizer import StopChecker
 from sliceserve.request import SLO, Request, SamplingParams
@@ -32,12 +34,24 @@ IDLE_RETRY_S = 0.001
 
 
 class LLM:
-    def __init__(self, model: str | Path | None = None, policy: str = "slice",
-                 policy_options: dict[str, Any] | None = None, **build_kwargs: Any) -> None:
-        """Load `model` (None: the embedded smollm2-135m) under `policy`; `build_kwargs` go to
-        `build_engine` (dtype: "auto" by default, quantization, device, kv_cache_memory_gb,
-        max_model_len, ...)."""
-        self.live: LiveEngine = build_engine(model, policy, policy_options, **build_kwargs)
+    def __init__(self, model: str | Path | None = None, policy: str | None = None,
+                 policy_options: Mapping[str, Any] | None = None, *,
+                 config: EngineConfig | None = None, warm_up: bool = True,
+                 clock: Clock | None = None, **settings: Any) -> None:
+        """Load `model` (None: the embedded smollm2-135m) under `policy` (None: "slice", the
+        EngineConfig default). `settings` are the
+        other EngineConfig fields (dtype: "auto" by default, quantization, device,
+        kv_cache_memory_gb, max_model_len, max_num_batched_tokens, latency_model, ...); an
+        unknown one raises ValueError naming it. Or give a whole `config` instead of them.
+        `warm_up` and `clock` go to `build_engine`."""
+        if config is None:
+            given = {"model": model, "policy": policy, "policy_options": policy_options}
+            settings = {**{k: v for k, v in given.items() if v is not None}, **settings}
+            config = EngineConfig.from_dict(settings, where="LLM()")
+        elif model is not None or policy is not None or policy_options is not None or settings:
+            raise ValueError("LLM(): give either config= or the settings one by one, not both")
+        self.config = config
+        self.live: LiveEngine = build_engine(config, clock=clock, warm_up=warm_up)
         self.engine = self.live.engine
         self.tokenizer = self.live.tokenizer
         self._ids = itertools.count()
@@ -214,4 +228,4 @@ def _progress(total: int, enabled: bool) -> Any:
     return tqdm(total=total, desc="generate", unit="req")
 
 
-__all__ = ["LLM", "PromptError"]
+__all__ = ["LLM", "EngineConfig", "PromptError"]

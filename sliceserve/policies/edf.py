@@ -108,9 +108,10 @@ class EdfPolicy(Policy):
     def __init__(self, options: PolicyOptions, latency_model: LatencySource,
                  config: SchedulerConfig) -> None:
         super().__init__(options, latency_model, config)
-        self._running = RequestHeap()
-        self._latest = RequestHeap()  # the same running requests, latest deadline first
-        self._waiting = RequestHeap()
+        self._running: RequestHeap[DeadlineKey] = RequestHeap()
+        # The same running requests, latest deadline first.
+        self._latest: RequestHeap[tuple[float, float, _Descending]] = RequestHeap()
+        self._waiting: RequestHeap[DeadlineKey] = RequestHeap()
         self._last_batch: dict[str, RequestView] = {}  # off the heaps until re-keyed
 
     def on_arrival(self, request: RequestView, view: SchedulerView) -> None:
@@ -131,7 +132,7 @@ class EdfPolicy(Policy):
         budget = Budget(view, self.options.max_batch_size)
         batch: list[tuple[RequestView, int]] = []
         preempted: list[RequestView] = []
-        passed: list[tuple[RequestHeap, RequestView]] = []  # popped, not scheduled
+        passed: list[tuple[RequestHeap[DeadlineKey], RequestView]] = []  # popped, unscheduled
         scheduled: set[str] = set()
         gone: set[str] = set()  # preempted by this decision
         skipped: list[RequestView] = []  # taken off the latest-first heap, not preempted
@@ -168,7 +169,8 @@ class EdfPolicy(Policy):
         return Decision(batch=batch, preempt=preempted)
 
     @staticmethod
-    def _earliest(running: RequestHeap, waiting: RequestHeap | None) -> RequestHeap | None:
+    def _earliest(running: RequestHeap[DeadlineKey], waiting: RequestHeap[DeadlineKey] | None,
+                  ) -> RequestHeap[DeadlineKey] | None:
         """The heap whose next request is due first (None when both are empty)."""
         r = running.peek()
         w = waiting.peek() if waiting is not None else None

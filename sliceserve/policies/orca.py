@@ -1,8 +1,10 @@
-"""Orca: iteration-level FCFS with whole-prompt prefill and full KV reservation.
+"""Orca: iteration-level FCFS with full KV reservation.
 
 Admit in arrival order while the batch is under `max_batch_size` and the KV cache can reserve
-`prompt + max_tokens` for the request; a new request prefills its whole prompt in its first
-iteration; nothing is ever preempted. Every admitted request computes in every iteration.
+`prompt + max_tokens` for the request; a new request prefills as much of its prompt as the
+iteration's token budget (`max_num_batched_tokens`) leaves, all of it when it fits, the rest
+in the next iterations; nothing is ever preempted. Every admitted request computes in every
+iteration.
 """
 
 from __future__ import annotations

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import heapq
-from typing import Any
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from sliceserve.policies.base import RequestView
 
+if TYPE_CHECKING:
+    from _typeshed import SupportsRichComparison
 
-class RequestHeap:
+K = TypeVar("K", bound="SupportsRichComparison")  # a key of one totally ordered kind
+
+
+class RequestHeap(Generic[K]):
     """Requests in key order: O(log n) push and pop, instead of sorting a queue per iteration.
 
     Keys are any totally ordered values (ties are broken by push order). Pushing a request
@@ -19,7 +24,7 @@ class RequestHeap:
     __slots__ = ("_entries", "_live", "_next_seq")
 
     def __init__(self) -> None:
-        self._entries: list[tuple[Any, int, RequestView]] = []
+        self._entries: list[tuple[K, int, RequestView]] = []
         self._live: dict[str, int] = {}  # request id -> seq of its live entry
         self._next_seq = 0
 
@@ -29,7 +34,7 @@ class RequestHeap:
     def __contains__(self, request_id: str) -> bool:
         return request_id in self._live
 
-    def push(self, request: RequestView, key: Any) -> None:
+    def push(self, request: RequestView, key: K) -> None:
         seq = self._next_seq
         self._next_seq += 1
         self._live[request.request_id] = seq
@@ -47,7 +52,7 @@ class RequestHeap:
                 return request
         return None
 
-    def peek(self) -> tuple[Any, RequestView] | None:
+    def peek(self) -> tuple[K, RequestView] | None:
         """The smallest key and its request, left in place (None when empty)."""
         entries, live = self._entries, self._live
         while entries:

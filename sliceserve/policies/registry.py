@@ -8,7 +8,7 @@ from typing import Any
 from sliceserve.config import SchedulerConfig
 from sliceserve.latency_model import LatencyModel
 from sliceserve.latency_online import OnlineLatencyModel, OnlineLatencyOptions
-from sliceserve.policies.base import Policy
+from sliceserve.policies.base import Policy, PolicyOptions
 
 _REGISTRY: dict[str, type[Policy]] = {}
 
@@ -33,25 +33,37 @@ def policy_class(name: str) -> type[Policy]:
         raise ValueError(f"unknown policy {name!r}; valid: {', '.join(_REGISTRY)}") from None
 
 
+def policy_option_names(name: str) -> tuple[str, ...]:
+    """The options policy `name` takes (its Options' fields): what a script asks before
+    setting one, instead of guessing from the name."""
+    return tuple(f.name for f in dataclasses.fields(policy_class(name).Options))
+
+
 def make_policy(name: str, latency_model: LatencyModel, config: SchedulerConfig,
                 options: dict[str, Any] | None = None, *,
                 online_latency: OnlineLatencyOptions | None = None) -> Policy:
     """The policy `name` with `options` (validated). With `online_latency`, it predicts
     with `latency_model` corrected online from the iterations it is told of
     (`Policy.observe_iteration`); without, with `latency_model` as it is."""
+    opts = make_options(name, options)
+    source = (latency_model if online_latency is None
+              else OnlineLatencyModel(latency_model, online_latency))
+    return policy_class(name)(opts, source, config)
+
+
+def make_options(name: str, options: dict[str, Any] | None = None) -> PolicyOptions:
+    """Policy `name`'s Options from `options`, validated (no policy is built): ValueError
+    for an unknown policy, an unknown option (listing the valid ones) or a bad value."""
     cls = policy_class(name)
-    valid = {f.name for f in dataclasses.fields(cls.Options)}
+    valid = set(policy_option_names(name))
     unknown = set(options or {}) - valid
     if unknown:
         raise ValueError(f"policy {name!r} has no option(s) {sorted(unknown)}; "
                          f"valid: {', '.join(sorted(valid)) or 'none'}")
     try:
-        opts = cls.Options(**(options or {}))
+        return cls.Options(**(options or {}))
     except (TypeError, ValueError) as e:
         raise ValueError(f"policy {name!r}: bad option: {e}") from None
-    source = (latency_model if online_latency is None
-              else OnlineLatencyModel(latency_model, online_latency))
-    return cls(opts, source, config)
 
 
 def _load_builtins() -> None:

@@ -23,9 +23,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from sliceserve.config import SchedulerConfig
 from sliceserve.policies.base import (
     Budget,
     Decision,
+    LatencySource,
     Policy,
     PolicyOptions,
     RequestView,
@@ -33,7 +35,7 @@ from sliceserve.policies.base import (
     tokens_to_compute,
 )
 from sliceserve.policies.registry import register
-from sliceserve.policies.slice_mask import decode_rate, front_packed_period_ms
+from sliceserve.policies.slice_mask import Latency, decode_rate, front_packed_period_ms
 
 PAPER_MAX_ROWS = 16
 
@@ -59,13 +61,13 @@ def paper_rank_key(request: RequestView) -> tuple[float, float, str]:
     return (-paper_utility_rate(request), request.arrival_s, request.request_id)
 
 
-def select_paper(candidates: Iterable[RequestView], period_ms: float, latency: Any,
+def select_paper(candidates: Iterable[RequestView], period_ms: float, latency: Latency,
                  max_rows: int) -> list[tuple[RequestView, int]]:
     """The paper's greedy selection: rows (request, v) in order of utility rate."""
     return select_ranked(sorted(candidates, key=paper_rank_key), period_ms, latency, max_rows)
 
 
-def select_ranked(ranked: Iterable[RequestView], period_ms: float, latency: Any,
+def select_ranked(ranked: Iterable[RequestView], period_ms: float, latency: Latency,
                   max_rows: int) -> list[tuple[RequestView, int]]:
     """`select_paper` over candidates already in rank order."""
     selected: list[tuple[RequestView, int]] = []
@@ -88,8 +90,9 @@ class SlicePaperPolicy(Policy):
     Options = SlicePaperOptions
     options: SlicePaperOptions
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
+    def __init__(self, options: SlicePaperOptions, latency_model: LatencySource,
+                 config: SchedulerConfig) -> None:
+        super().__init__(options, latency_model, config)
         self._dirty = True
         self._keys: list[tuple[float, float, str]] = []
         self._ranked: list[RequestView] = []  # unfinished requests in rank order
@@ -117,7 +120,7 @@ class SlicePaperPolicy(Policy):
             del self._ranked[i]
         self._dirty = True
 
-    def _replan(self, view: SchedulerView) -> None:
+    def replan(self, view: SchedulerView) -> bool:
         self._rows = select_ranked(self._ranked, self.period_ms,
                                    self.latency_model.decode_latency_ms, self.options.max_rows)
         # Front-packed: sorted by v descending, column c holds every row with v > c.
@@ -126,10 +129,11 @@ class SlicePaperPolicy(Policy):
         self._columns = [[r for r, v in rows if v > c] for c in range(width)]
         self._column = 0
         self._dirty = False
+        return True
 
     def schedule(self, view: SchedulerView) -> Decision:
         if self._dirty:
-            self._replan(view)
+            self.replan(view)
         if not self._columns:
             return Decision()
         column = self._columns[self._column]

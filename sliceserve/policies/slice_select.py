@@ -8,15 +8,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from sliceserve.config import SchedulerConfig
 from sliceserve.latency_model import LatencyModel, chunk_pairs
 from sliceserve.policies.base import RequestView, tokens_to_compute
 from sliceserve.policies.slice_mask import decode_rate, period_ms, spread_row
-
-if TYPE_CHECKING:
-    from sliceserve.policies.slice import SliceOptions
+from sliceserve.policies.slice_options import SliceOptions
 
 TIER_URGENT, TIER_DEFERRABLE = 0, 1
 
@@ -73,13 +70,14 @@ class Selector:
         attention_ms = lm.prefill_attention_ms_per_pair * pairs
         prefill_ms = lm.iteration_ms(1, todo, todo, pairs) if prefill else 0.0
         rate = decode_rate(self.period_ms, slo.tpot_ms * (1.0 - opts.rate_margin))
-        started = r.first_token_s is not None
+        first_s = r.first_token_s
+        started = first_s is not None
         owed = r.remaining_output_tokens  # tokens still to produce
         feasible = True
         ends = []  # when the last token is due: the mean-TPOT bound, the deadline
         start_s = now_s  # when decoding can start
-        if started:
-            ends.append(r.first_token_s + (r.max_tokens - 1) * slo.tpot_ms / 1000.0)
+        if first_s is not None:
+            ends.append(first_s + (r.max_tokens - 1) * slo.tpot_ms / 1000.0)
             start_s += prefill_ms / 1000.0  # a recompute after preemption
         else:
             start_s += (prefill_ms or l1) / 1000.0  # the first token
@@ -108,8 +106,8 @@ class Selector:
         lifetime = self.config.blocks_for(r.num_prompt_tokens + r.max_tokens)
         period_charge = charge
         if prefill and opts.prefill_pacing == "deadline":
-            if started:  # a recompute: as much time as it is ahead of its mean-TPOT pace
-                due_s = r.first_token_s + r.num_output_tokens * slo.tpot_ms / 1000.0
+            if first_s is not None:  # a recompute: as long as it is ahead of its TPOT pace
+                due_s = first_s + r.num_output_tokens * slo.tpot_ms / 1000.0
                 window_ms = (due_s - now_s) * 1000.0
             else:  # the time left for its prompt: until its first-token deadline, less a step
                 window_ms = (r.ttft_deadline_s - now_s) * 1000.0 - l1

@@ -158,7 +158,7 @@ class VllmPriorityPolicy(VllmPolicy):
     def __init__(self, options: PolicyOptions, latency_model: LatencySource,
                  config: SchedulerConfig) -> None:
         super().__init__(options, latency_model, config)
-        self._waiting = RequestHeap()
+        self._waiting: RequestHeap[tuple[int, float]] = RequestHeap()
         self._popped: list[RequestView] = []  # taken off the heap during this decision
 
     def on_arrival(self, request: RequestView, view: SchedulerView) -> None:

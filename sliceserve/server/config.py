@@ -1,9 +1,12 @@
-"""The server's settings (`sliceserve serve` flags), validated before anything loads."""
+"""The server's settings (`sliceserve serve` flags), validated before anything loads: the
+engine's (an EngineConfig: model, backend, number format, limits, policy) and the server's own."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
+
+from sliceserve.engine.config import EngineConfig
 
 INFEASIBLE = ("reject", "best-effort")
 DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -12,26 +15,15 @@ EXIT_ENGINE_FAILED = 1  # the engine gave up (repeated failed iterations) or fai
 
 @dataclass(frozen=True)
 class ServerConfig:
-    model: str | None = None  # None: the embedded SmolLM2
-    policy: str = "slice"
-    policy_options: dict[str, Any] = field(default_factory=dict)
+    engine: EngineConfig = field(default_factory=EngineConfig)  # what the server runs
     host: str = "127.0.0.1"
     port: int = 8000
     api_keys: tuple[str, ...] = ()  # empty: no authentication
     slo_classes: str = "edge"  # a workload preset or file whose classes give SLO defaults
     served_model_names: tuple[str, ...] = ()  # default: the model's name
-    max_num_seqs: int = 256
     max_queued_requests: int | None = 256  # None: unbounded
     infeasible: Literal["reject", "best-effort"] = "reject"
     drain_timeout_s: float = 30.0
-    dtype: str = "auto"  # the format measured fastest on this device (model/precision.py)
-    quantization: str = "none"  # or "int8": weight-only int8 linears (CPU)
-    device: str = "cpu"
-    kv_cache_memory_gb: float | None = None
-    max_model_len: int | None = None
-    num_threads: int | None = None
-    latency_model: str | None = None  # default: this device's profile
-    backend: str = "torch"  # the executor; build_engine decides what it accepts
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     retry_after_s: int = 1  # Retry-After of a 429
     log_level: str = "info"
@@ -41,8 +33,8 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port must be in [0, 65535], got {self.port}")
-        if self.max_num_seqs < 1:
-            raise ValueError(f"--max-num-seqs must be >= 1, got {self.max_num_seqs}")
+        if not isinstance(self.engine, EngineConfig):
+            raise ValueError(f"engine must be an EngineConfig, got {self.engine!r}")
         if self.max_queued_requests is not None and self.max_queued_requests < 0:
             raise ValueError(f"--max-queued-requests must be >= 0, got "
                              f"{self.max_queued_requests}")

@@ -25,10 +25,7 @@ from typing import Any
 
 import uvicorn
 
-from sliceserve.config import SchedulerConfig
 from sliceserve.engine.async_engine import AsyncEngine
-from sliceserve.latency_model import LatencyModel
-from sliceserve.policies.registry import make_policy
 from sliceserve.server import memory
 from sliceserve.server.api import create_app
 from sliceserve.server.config import EXIT_ENGINE_FAILED, ServerConfig
@@ -49,14 +46,10 @@ def log(message: str) -> None:
 def serve(config: ServerConfig) -> int:
     """Serve until a signal or a fatal error; the exit status. Bad settings raise ValueError
     before anything is bound or loaded."""
-    workload = load_workload(config.slo_classes)
-    make_policy(config.policy, LatencyModel.load("paper"), SchedulerConfig(),
-                dict(config.policy_options))
-    if config.latency_model is not None:
-        LatencyModel.load(config.latency_model)
+    workload = load_workload(config.slo_classes)  # the engine's settings were checked already
     from sliceserve.model.loader import DEFAULT_MODEL
 
-    names = config.served_model_names or (config.model or DEFAULT_MODEL,)
+    names = config.served_model_names or (config.engine.model or DEFAULT_MODEL,)
     known = set(workload.class_names)
 
     def label_of(name: str) -> str:
@@ -145,19 +138,9 @@ class Runtime:
         from sliceserve.engine.build import build_engine
 
         cfg = self.config
-        live = build_engine(cfg.model, cfg.policy, dict(cfg.policy_options), dtype=cfg.dtype,
-                            quantization=cfg.quantization, device=cfg.device,
-                            kv_cache_memory_gb=cfg.kv_cache_memory_gb,
-                            max_model_len=cfg.max_model_len, max_num_seqs=cfg.max_num_seqs,
-                            latency_model=cfg.latency_model, num_threads=cfg.num_threads,
-                            **self._backend_options())
+        live = build_engine(cfg.engine)
         live.engine.scheduler.set_admission(cfg.infeasible == "reject", cfg.max_queued_requests)
         return live
-
-    def _backend_options(self) -> dict[str, Any]:
-        """build_engine's executor choice: only the default (PyTorch) exists on this branch;
-        a second backend (issue 9) is passed on here as `backend=`."""
-        return {} if self.config.backend == "torch" else {"backend": self.config.backend}
 
     async def _load(self) -> None:
         loop = asyncio.get_running_loop()
@@ -195,7 +178,7 @@ class Runtime:
         if self._draining:
             return  # a signal came while loading: the drain stops it
         state.phase = "ready"
-        log(f"ready: {', '.join(state.model_names)} under policy {self.config.policy}")
+        log(f"ready: {', '.join(state.model_names)} under policy {self.config.engine.policy}")
         self._spawn(self._watch(engine))
 
     async def _watch(self, engine: AsyncEngine) -> None:

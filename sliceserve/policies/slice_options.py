@@ -1,0 +1,144 @@
+"""The options of SLICE, full mode (`slice`, sliceserve/policies/slice.py), and what each does.
+
+Selection (re-planned on every arrival and completion, and every `replan_interval_ratio` of a
+period): each candidate gets a required decode rate v_i per period P, from its TPOT and, with
+`deadlines`, from the tokens it still owes and the time left (its explicit deadline, and the
+implicit one of its mean TPOT), planned `rate_margin` faster than needed. Candidates are
+ranked by utility per decode slot over their remaining life, U_i / (v_i x tokens owed)
+(`rank="utility_per_token"`; the paper's utility per slot of a period, U_i / v_i, is
+`rank="utility_rate"`), and added greedily while the mask still runs within the period (T from
+the mask's actual column counts, plus the prefills still to run) and, with `memory_aware`,
+while their whole lifetime fits the KV cache. Each improvement over the paper is a named
+option:
+
+- spread_mask: a row's ones are spread evenly over the period by integer credits (Bresenham),
+  so the gap between two tokens stays near P / v_i. Credits persist across re-plans, so a
+  re-plan never starves a row whose ones fall late in the period.
+- prefill_aware: pending prefills (chunked, earliest TTFT deadline first) are charged to the
+  period, and a new request is admitted only if its predicted TTFT holds without breaking the
+  predicted TTFT of prefills already admitted. Every knob that is a length of time on one
+  device and not another is in time, relative to the device and the requests: a prompt is
+  charged the share of it this period must run to be ready by its first-token deadline
+  (`prefill_pacing="deadline"`), and an iteration's prompt chunk is the time the mask's
+  decode columns leave in the period, spread over its columns, so that every decoding row
+  keeps its pace, or more while the rows are ahead of their schedules, or all of a prompt that
+  would otherwise miss its first-token deadline (`prefill_chunk_tokens=None`; never more than
+  `max_prefill_ratio` x P in one iteration). The previous token-count rules
+  (`prefill_pacing="period"`, `prefill_chunk_tokens=512`) remain for the ablation.
+- prefill_then_decode: a request whose prompt takes more than a period does not decode in
+  this one, so its decode iterations are not charged to this period's mask.
+- defer_rank_ratio: a request that may wait (ttft_urgency) still goes before urgent ones it
+  outranks by this factor: on a slow device, a control request's TTFT is several seconds away
+  at arrival, and it must not queue behind chat replies that already stream.
+- ttft_urgency: a request that has not started and whose first-token deadline is more than a
+  period away can wait a period at no loss; it ranks after the urgent ones.
+- memory_aware: the selected set's lifetime KV (prompt + max_tokens) fits the cache; when the
+  cache runs short, unselected requests are preempted by recompute.
+- skip_and_continue: a candidate that does not fit is skipped, not the end of the selection.
+- work_conserving: the device never idles while requests wait. Spare time in the period goes
+  first to the admitted rows (the mask wraps as soon as its columns are done, so they run
+  ahead of their pace and free their place sooner: measured, this beats handing the spare to
+  others); unselected requests (started ones by rank, then triaged ones by utility and size)
+  get `best_effort_share` of the period, each charged its marginal latency, and only while
+  every decoding row stays `extras_guard_tpots` ahead of its schedule and no selected first
+  token is pending. A feasible request that has not started is never started on leftovers:
+  that would start its TPOT clock with no place to keep it. With no row selected, everything
+  runs on leftovers.
+- triage: a request whose SLO can no longer be met (TTFT passed without a first token, or
+  remaining tokens beyond reach even alone) leaves the selection for good and runs on leftover
+  capacity, or is rejected with a reason when `reject_infeasible`.
+- aging (off by default: it costs 3 points on `edge` and nothing on `paper`, and triage plus
+  `best_effort_share` already bound how long a request waits): a request that has not started
+  ranks higher the longer it waits, up to `aging_max_factor`.
+- best_effort_share: when requests are left out, this share of the period is kept for them
+  (the selection leaves it free), so triaged requests finish even under sustained overload.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from sliceserve.policies.base import PolicyOptions
+
+
+@dataclass(frozen=True)
+class SliceOptions(PolicyOptions):
+    period_ratio: float = 1.0  # P = 1 s x period_ratio
+    max_rows: int = 16  # selected rows (the paper's cap)
+    spread_mask: bool = True
+    prefill_aware: bool = True
+    ttft_urgency: bool = True
+    memory_aware: bool = True
+    skip_and_continue: bool = True
+    work_conserving: bool = True
+    deadlines: bool = True
+    triage: bool = True
+    aging: bool = False  # off by default: measured to cost attainment (docs/RESULTS-paper.md)
+    aging_time_s: float = 5.0  # waiting this long doubles a request's rank ...
+    aging_max_factor: float = 4.0  # ... up to this factor
+    best_effort_share: float = 0.02  # of the period, kept for unselected requests
+    headroom: float = 0.0  # of the period, kept free for latency-prediction error
+    # Prompt work per iteration, in time (device-relative): each iteration banks its share of
+    # the period's time beyond the mask's decode columns (so every decoding row keeps its
+    # pace) and a chunk is cut once the bank, or the decoding rows' lead on their schedule,
+    # pays for it; a prompt that would miss its first-token deadline at that share runs at
+    # once; no chunk takes more than `max_prefill_ratio` x P (an iteration never blocks an
+    # urgent arrival for long). An integer instead: that many prompt tokens per iteration,
+    # whatever they cost (the previous default, 512, is 7.6 s on a CPU without AVX-512).
+    prefill_chunk_tokens: int | None = None
+    max_prefill_ratio: float = 0.3
+    # How a pending prefill is charged to the period: "deadline", the share of it this period
+    # must run for the prompt to finish by its first-token deadline (device-relative: a 2 s
+    # prompt due in 6 s takes a third of each period); "period", all of it in this period
+    # (the previous rule: on a slow device no long prompt ever fits a 1 s period).
+    prefill_pacing: Literal["deadline", "period"] = "deadline"
+    # A selected request whose prompt needs more than a period does not decode in this one:
+    # its decode iterations are not charged to this period's mask.
+    prefill_then_decode: bool = True
+    # A request that may wait a period (ttft_urgency) still goes before an urgent one that it
+    # outranks by this factor: a new control request (utility 100) is not put behind a chat
+    # reply (utility 1) that already streams. math.inf: every urgent request first.
+    defer_rank_ratio: float = 10.0
+    max_extra_rows: int = 16  # unselected rows added to one iteration
+    replan_interval_ratio: float = 0.25  # re-plan at least this often (x P)
+    reject_infeasible: bool = False  # triaged requests are rejected instead of kept
+    # Rates are planned this much faster than the TPOT needs, so that re-plans, prefills and
+    # prediction error do not push a row at exactly its pace over its TPOT.
+    rate_margin: float = 0.05
+    # Leftover capacity goes to unselected requests only while every selected row that
+    # decodes is at least this many TPOTs ahead of its schedule (first + k * tpot).
+    extras_guard_tpots: float = 2.0
+    # A prompt chunk may make an iteration as long as keeps every decoding selected row this
+    # many TPOTs ahead of its mean-TPOT schedule (rows that ran ahead absorb it).
+    prefill_lead_guard_tpots: float = 0.5
+    # "utility_rate": U / v, the paper's utility per decode slot of a period. "utility_per_token":
+    # U / (v x tokens still owed), utility per decode slot over the request's remaining life.
+    rank: Literal["utility_rate", "utility_per_token"] = "utility_per_token"
+
+    def __post_init__(self) -> None:
+        if not self.period_ratio > 0:
+            raise ValueError("period_ratio must be > 0")
+        for name in ("max_rows", "max_extra_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        chunk = self.prefill_chunk_tokens
+        if chunk is not None and (type(chunk) is not int or chunk < 1):
+            raise ValueError("prefill_chunk_tokens must be an integer >= 1 or null (by time)")
+        if not 0 < self.max_prefill_ratio <= 10:
+            raise ValueError("max_prefill_ratio must be in (0, 10]")
+        if self.prefill_pacing not in ("deadline", "period"):
+            raise ValueError("prefill_pacing must be 'deadline' or 'period'")
+        for name in ("best_effort_share", "headroom", "rate_margin"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1)")
+        if self.extras_guard_tpots < 0 or self.prefill_lead_guard_tpots < 0:
+            raise ValueError("extras_guard_tpots and prefill_lead_guard_tpots must be >= 0")
+        if self.aging_time_s <= 0 or self.aging_max_factor < 1:
+            raise ValueError("aging_time_s must be > 0 and aging_max_factor >= 1")
+        if self.rank not in ("utility_rate", "utility_per_token"):
+            raise ValueError("rank must be 'utility_rate' or 'utility_per_token'")
+        if not self.defer_rank_ratio >= 1:
+            raise ValueError("defer_rank_ratio must be >= 1 (inf: never)")
+        if self.replan_interval_ratio <= 0:
+            raise ValueError("replan_interval_ratio must be > 0")
