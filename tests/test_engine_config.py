@@ -22,7 +22,7 @@ def test_defaults_are_the_documented_ones() -> None:
         None, "torch", "slice", "auto")
     assert config.scheduler_limits() == {"max_num_batched_tokens": 2048, "max_num_seqs": 256}
     assert config.online_latency == OnlineLatencyOptions()
-    assert BACKENDS == ("torch",)
+    assert BACKENDS == ("torch", "llamacpp", "auto")
 
 
 def test_it_is_frozen_and_its_options_read_only() -> None:
@@ -35,7 +35,7 @@ def test_it_is_frozen_and_its_options_read_only() -> None:
 
 
 @pytest.mark.parametrize(("settings", "message"), [
-    ({"backend": "onnx"}, "backend must be one of torch, got 'onnx'"),
+    ({"backend": "onnx"}, "backend must be one of torch, llamacpp, auto, got 'onnx'"),
     ({"dtype": "int4"}, "dtype must be one of auto, bfloat16, float16, float32"),
     ({"quantization": "int4"}, "quantization must be one of none, int8"),
     ({"max_num_batched_tokens": 0}, "max_num_batched_tokens must be a positive integer"),

@@ -37,6 +37,10 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "engine": ("sliceserve.sim", "sliceserve.server", "sliceserve.bench", "sliceserve.cli"),
     "sim": ("torch", "sliceserve.model", "sliceserve.server"),
     "model": ("sliceserve.sim", "sliceserve.server"),
+    # The llama.cpp executor: beside model/ (whose tokenizer, sampler and profiler it shares),
+    # below the engine that builds it.
+    "llamacpp": ("sliceserve.engine", "sliceserve.sim", "sliceserve.server", "sliceserve.bench",
+                 "sliceserve.cli", "sliceserve.integrations"),
     "metrics": ("torch",),
 }
 # The contracts everything else builds on import nothing of sliceserve but each other.

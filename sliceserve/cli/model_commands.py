@@ -12,6 +12,14 @@ from typing import Annotated, Any
 
 import typer
 
+from sliceserve.cli.backend_options import (
+    BackendOpt,
+    BatchOpt,
+    CtxSizeOpt,
+    GpuLayersOpt,
+    SeqsOpt,
+    llamacpp_options,
+)
 from sliceserve.cli.common import (
     ArrivalOpt,
     BadInput,
@@ -69,6 +77,11 @@ def profile(
     out: Annotated[Path | None, typer.Option(
         help="write the fitted latency model here (JSON; raw points beside it)")] = None,
     plot: PlotOpt = None,
+    backend: BackendOpt = "torch",
+    ctx_size: CtxSizeOpt = None,
+    kv_seqs: SeqsOpt = None,
+    n_gpu_layers: GpuLayersOpt = 0,
+    batch_size: BatchOpt = None,
 ) -> None:
     """Measure decode and prefill latency on this device and fit the latency model."""
     from sliceserve.bench import profile_report as report
@@ -79,7 +92,8 @@ def profile(
         raise BadInput(f"--repeats must be >= 1, got {repeats}")
     runner, name = load_runner(EngineConfig(
         model=model, dtype=dtype, quantization=quantization, device=device,
-        num_threads=threads, kv_cache_memory_gb=kv_cache_gb))
+        num_threads=threads, kv_cache_memory_gb=kv_cache_gb, backend=backend,
+        llamacpp=llamacpp_options(ctx_size, kv_seqs, n_gpu_layers, batch_size)))
     print(machine_line(runner), file=sys.stderr)
     key = profile_cache.profile_key(runner, name)
     settings = dict(profiler.QUICK) if quick else {}
@@ -143,6 +157,11 @@ def run(
         "(JSON), and print how well the model predicted them")] = None,
     online_latency: OnlineLatencyOpt = True,
     table: TableOpt = True,
+    backend: BackendOpt = "torch",
+    ctx_size: CtxSizeOpt = None,
+    kv_seqs: SeqsOpt = None,
+    n_gpu_layers: GpuLayersOpt = 0,
+    batch_size: BatchOpt = None,
 ) -> None:
     """Serve a workload on the real engine, arrivals in wall time: a table and a result JSON."""
     import logging
@@ -184,7 +203,9 @@ def run(
     config = EngineConfig(model=model, policy=policy, policy_options=options, dtype=dtype,
                           quantization=quantization, device=device,
                           kv_cache_memory_gb=kv_cache_gb, num_threads=threads,
-                          latency_model=given_model, online_latency=online_latency)
+                          latency_model=given_model, online_latency=online_latency,
+                          backend=backend,
+                          llamacpp=llamacpp_options(ctx_size, kv_seqs, n_gpu_layers, batch_size))
     # The model alone: run_live puts the policy and a fresh engine around it.
     loaded = load_model(config)
     print(machine_line(loaded.runner), file=sys.stderr)

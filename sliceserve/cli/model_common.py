@@ -45,9 +45,15 @@ def check_model_options(dtype: str, threads: int | None, kv_cache_gb: float | No
 def load_runner(config: EngineConfig) -> tuple[Any, str]:
     """The executor `config` names, without a tokenizer, policy or engine (`profile`), and the
     model's name (default: the embedded SmolLM2)."""
+    from sliceserve.engine.backends import resolve_backend
     from sliceserve.engine.build import make_runner
     from sliceserve.model.loader import DEFAULT_MODEL, resolve_model
 
+    if resolve_backend(config.backend, config.model) == "llamacpp":
+        from sliceserve.llamacpp.loading import load_gguf
+
+        gguf = load_gguf(config.model, config.llamacpp_config(), **config.scheduler_limits())
+        return gguf.executor, gguf.model_id  # the id build_engine's profile is keyed by
     runner = make_runner(config, Path(resolve_model(config.model)))
     return runner, DEFAULT_MODEL if config.model is None else config.model
 

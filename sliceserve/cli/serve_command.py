@@ -10,6 +10,14 @@ from typing import Annotated
 
 import typer
 
+from sliceserve.cli.backend_options import (
+    BackendOpt,
+    BatchOpt,
+    CtxSizeOpt,
+    GpuLayersOpt,
+    SeqsOpt,
+    llamacpp_options,
+)
 from sliceserve.cli.common import OPTION_HELP, BadInput, parse_policy_options
 from sliceserve.cli.model_common import (
     DeviceOpt,
@@ -67,6 +75,11 @@ def serve(
         "soak under 5% but may cost speed on varied shapes: docs/BENCHMARKS.md)")] = -1,
     malloc_trim_interval: Annotated[float, typer.Option(
         help="seconds between returns of free heap memory to the OS (0: never)")] = 60.0,
+    backend: BackendOpt = "torch",
+    ctx_size: CtxSizeOpt = None,
+    kv_seqs: SeqsOpt = None,
+    n_gpu_layers: GpuLayersOpt = 0,
+    batch_size: BatchOpt = None,
 ) -> int:
     """Serve the model over an OpenAI-compatible HTTP API with per-request SLOs."""
     if onednn_cache_capacity < -1:
@@ -89,7 +102,8 @@ def serve(
         model=model, policy=policy, policy_options=options, dtype=dtype,
         quantization=quantization, device=device, kv_cache_memory_gb=kv_cache_memory_gb,
         max_model_len=max_model_len, num_threads=threads, max_num_seqs=max_num_seqs,
-        latency_model=latency_model)
+        latency_model=latency_model, backend=backend,
+        llamacpp=llamacpp_options(ctx_size, kv_seqs, n_gpu_layers, batch_size))
     config = ServerConfig(
         engine=engine, host=host, port=port,
         api_keys=tuple(api_key or ()), slo_classes=slo_classes,

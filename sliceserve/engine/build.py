@@ -87,11 +87,12 @@ class LoadedModel:
     """A model ready to run, before a policy and an engine are put around it: `build_engine`
     puts its own; `sliceserve run` puts a fresh one per run (bench/live.py)."""
 
-    runner: Any  # the executor (sliceserve.model.runner.ModelRunner)
+    runner: Any  # the executor: a sliceserve.model.runner.ModelRunner or a LlamaCppExecutor
     tokenizer: Any  # a transformers tokenizer
     limits: SchedulerConfig  # the EngineConfig's limits and the runner's cache
     model_name: str
-    folder: Path
+    folder: Path  # the Hugging Face folder, or the GGUF file llama.cpp runs
+    profile_id: str | None = None  # keys the cached profile; None: the folder's content id
 
     def device_latency_model(self) -> LatencyModel:
         """This device's latency model for the model: the cached profile, or a quick
@@ -99,16 +100,23 @@ class LoadedModel:
         from sliceserve.model.loader import model_id
         from sliceserve.model.profile_cache import latency_model_for
 
-        return latency_model_for(self.runner, model_id(self.folder))
+        return latency_model_for(self.runner, self.profile_id or model_id(self.folder))
 
 
 def load_model(config: EngineConfig) -> LoadedModel:
     """Load `config.model` (None: the embedded default) on the executor `config.backend`
     names, with its tokenizer and the scheduler limits that fit its KV cache."""
+    from sliceserve.engine.backends import resolve_backend
     from sliceserve.model.loader import DEFAULT_MODEL, resolve_model
     from sliceserve.model.tokenizer import eos_token_ids, load_tokenizer
 
     model_name = DEFAULT_MODEL if config.model is None else config.model
+    if resolve_backend(config.backend, config.model) == "llamacpp":
+        from sliceserve.llamacpp.loading import load_gguf
+
+        gguf = load_gguf(config.model, config.llamacpp_config(), **config.scheduler_limits())
+        return LoadedModel(gguf.executor, gguf.tokenizer, gguf.scheduler_config, model_name,
+                           gguf.gguf_path, gguf.model_id)
     folder = Path(resolve_model(config.model))
     runner = make_runner(config, folder)
     tokenizer = load_tokenizer(folder)
@@ -142,17 +150,23 @@ def build_engine(config: EngineConfig | None = None, *, clock: Clock | None = No
         from sliceserve.model.profiler import warm_up as warm_up_runner
 
         warm_up_runner(loaded.runner)
+    reset = getattr(loaded.runner, "reset", None)  # llama.cpp: warm-up's placeholder sequences
+    if reset is not None:
+        reset()
     policy = make_policy(config.policy, latency_model, loaded.limits,
                          dict(config.policy_options), online_latency=config.online_latency)
-    engine = Engine(Scheduler(loaded.limits, policy), loaded.runner,
-                    clock if clock is not None else WallClock())
+    scheduler = Scheduler(loaded.limits, policy)
+    release = getattr(loaded.runner, "release", None)  # llama.cpp: a finished request's KV
+    if release is not None:
+        scheduler.finished_listeners.append(release)
+    engine = Engine(scheduler, loaded.runner, clock if clock is not None else WallClock())
     return LiveEngine(engine, loaded.runner, loaded.tokenizer, latency_model,
                       loaded.model_name, loaded.folder, config)
 
 
 def make_runner(config: EngineConfig, folder: Path) -> Any:
-    """The executor `config.backend` names, over the model in `folder`: "torch" (the only one
-    in BACKENDS so far) is a ModelRunner."""
+    """The PyTorch executor over the model in `folder` (backend "torch"; load_model makes the
+    llama.cpp one, which runs the GGUF itself, not a folder)."""
     from sliceserve.model.runner import ModelRunner, RunnerConfig
 
     return ModelRunner(folder, RunnerConfig(

@@ -29,7 +29,9 @@ from sliceserve.policies.registry import make_options
 
 # The executors that can run a model. "torch": sliceserve.model.runner.ModelRunner (PyTorch,
 # CPU or CUDA). Other executors are added here, and in build_engine's choice.
-BACKENDS = ("torch",)
+# "llamacpp": sliceserve.llamacpp.LlamaCppExecutor (a GGUF on llama.cpp's kernels, the
+# `llamacpp` extra); "auto": engine/backends.py decides.
+BACKENDS = ("torch", "llamacpp", "auto")
 # sliceserve.model.precision's DTYPE_CHOICES and QUANTIZATIONS, without importing torch
 # (tests/test_engine_config.py checks that they agree).
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -50,6 +52,10 @@ class EngineConfig:
     num_threads: int | None = None  # CPU threads; None leaves the executor's choice
     kv_cache_memory_gb: float | None = None  # KV budget; None: the runner's default
     max_model_len: int | None = None  # None: the model's positions, capped by the cache
+    # backend "llamacpp": sliceserve.llamacpp.LlamaCppConfig's fields (context_tokens,
+    # max_num_seqs, batch_tokens, n_gpu_layers, ...); num_threads and max_model_len above are
+    # its threads and context when it does not set them.
+    llamacpp: Mapping[str, Any] = field(default_factory=dict)
     # --- the scheduler's hard limits (the KV cache fixes the others) ---
     max_num_batched_tokens: int = 2048  # token budget of one iteration
     max_num_seqs: int = 256  # requests in one iteration
@@ -86,6 +92,11 @@ class EngineConfig:
             raise ValueError(f"policy_options must be a mapping of option names to values, "
                              f"got {type(self.policy_options).__name__}")
         object.__setattr__(self, "policy_options", MappingProxyType(dict(self.policy_options)))
+        if not isinstance(self.llamacpp, Mapping):
+            raise ValueError(f"llamacpp must be a mapping of LlamaCppConfig fields, got "
+                             f"{type(self.llamacpp).__name__}")
+        object.__setattr__(self, "llamacpp", MappingProxyType(dict(self.llamacpp)))
+        self.llamacpp_config()  # a bad llama.cpp option fails here
         if self.online_latency is True:
             object.__setattr__(self, "online_latency", OnlineLatencyOptions())
         elif self.online_latency is False:
@@ -128,6 +139,17 @@ class EngineConfig:
                              f"got {lm!r}")
         return LatencyModel.load(lm)
 
+    def llamacpp_config(self) -> Any:
+        """The sliceserve.llamacpp.LlamaCppConfig of backend "llamacpp"."""
+        from sliceserve.llamacpp.config import LlamaCppConfig
+
+        given = {"num_threads": self.num_threads, "context_tokens": self.max_model_len}
+        settings = {**{k: v for k, v in given.items() if v is not None}, **self.llamacpp}
+        unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(LlamaCppConfig)})
+        if unknown:
+            raise ValueError(f"llamacpp: unknown option(s) {', '.join(unknown)}")
+        return LlamaCppConfig(**settings)
+
     def scheduler_limits(self) -> dict[str, int]:
         """The scheduler limits this config sets (ModelRunner.scheduler_config adds the
         cache's)."""
@@ -138,6 +160,7 @@ class EngineConfig:
         """JSON-ready settings (the latency model by name when it is an object)."""
         out = {f: getattr(self, f) for f in self.field_names()}
         out["policy_options"] = dict(self.policy_options)
+        out["llamacpp"] = dict(self.llamacpp)
         if isinstance(self.latency_model, LatencyModel):
             out["latency_model"] = self.latency_model.name
         if self.online_latency is not None:

@@ -98,7 +98,10 @@ def profile_key(runner: Runner, model_id: str = "") -> ProfileKey:
 
     del model_id
     facts = runner_facts(runner)
-    return ProfileKey(folder_model_id(runner.folder), facts["device"], facts["dtype"],
+    # An executor that runs a file, not a folder (llama.cpp's GGUF), names its own id.
+    own_id = getattr(runner, "profile_id", None)
+    model = own_id if isinstance(own_id, str) else folder_model_id(runner.folder)
+    return ProfileKey(model, facts["device"], facts["dtype"],
                       facts["num_threads"], engine_id(runner), facts["cpu"])
 
 

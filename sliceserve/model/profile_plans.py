@@ -49,7 +49,7 @@ class Runner(Protocol):
     @property
     def device(self) -> torch.device: ...
     @property
-    def cache(self) -> KVCache: ...
+    def cache(self) -> KVCache | None: ...  # None: the executor's own memory (llama.cpp)
     @property
     def fast_paths(self) -> tuple[str, ...]: ...  # optional fast paths in use
     @property

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from sliceserve.core.plan import Plan
 from sliceserve.model.profile_fit import (
     FitError,
     Profile,
@@ -99,7 +100,7 @@ def profile_runner(runner: Runner, *, batch_sizes: Sequence[int] = DEFAULT_BATCH
                            f"({runner.num_kv_blocks} blocks of {runner.block_size})")
     started = time.perf_counter()
     prefault_kv_cache(runner)
-    runner.execute(synthetic_plan(runner, timed[0], rng, "setup"))  # one-time set-up: never timed
+    runner.execute(_prepared(runner, synthetic_plan(runner, timed[0], rng, "setup")))  # untimed
     samples: list[list[float]] = [[] for _ in timed]
     # `repeats` rounds over all shapes rather than all of a shape's runs at once: a shared
     # machine's speed drifts over tens of seconds (other tenants' memory traffic; a decode at
@@ -119,7 +120,8 @@ def profile_runner(runner: Runner, *, batch_sizes: Sequence[int] = DEFAULT_BATCH
             for rep in range(first, runs_of[i]):
                 # Decode rows continue step after step (their KV was just read: on a CPU,
                 # small batches find it in cache); a prompt chunk is new every time.
-                plan = plans[i] or synthetic_plan(runner, shape, rng, f"s{i}r{round_}.{rep}")
+                plan = _prepared(runner, plans[i]
+                                 or synthetic_plan(runner, shape, rng, f"s{i}r{round_}.{rep}"))
                 t0 = time.perf_counter()
                 runner.execute(plan)
                 ms = (time.perf_counter() - t0) * 1000.0
@@ -164,6 +166,8 @@ def prefault_kv_cache(runner: Runner) -> None:
     so long contexts looked twice as cheap as in a server that has written all of its cache.
     (The runner now zeroes its cache when it allocates it; this keeps the profiler right for
     any runner.)"""
+    if runner.cache is None:  # llama.cpp's executor: its own memory, written by llama.cpp
+        return
     runner.cache.keys.zero_()
     runner.cache.values.zero_()
 
@@ -176,7 +180,17 @@ def warm_up(runner: Runner, *, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     for shape in (Shape(0, 0, 64), Shape(4, 128, 0), Shape(2, 64, 32)):
         if fits(runner, shape):
-            runner.execute(synthetic_plan(runner, shape, rng, "warm-up"))
+            runner.execute(_prepared(runner, synthetic_plan(runner, shape, rng, "warm-up")))
+
+
+def _prepared(runner: Runner, plan: Plan) -> Plan:
+    """`plan`, after an executor whose cache must hold a row's history before it can decode
+    it (llama.cpp checks that positions continue: `fill_history`) has filled it, untimed,
+    with placeholder KV. The PyTorch runner reads whatever its blocks hold and needs none."""
+    fill = getattr(runner, "fill_history", None)
+    if fill is not None:
+        fill(plan)
+    return plan
 
 
 def runner_facts(runner: Runner) -> dict[str, Any]:
