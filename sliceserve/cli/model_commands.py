@@ -53,6 +53,7 @@ from sliceserve.cli.model_common import (
     load_runner,
     machine_line,
 )
+from sliceserve.cli.model_helpers import apply_load, check_load, measure, write_trace
 from sliceserve.engine.config import EngineConfig
 from sliceserve.latency_model import LatencyModel
 from sliceserve.metrics.results import dumps
@@ -99,7 +100,7 @@ def profile(
     settings = dict(profiler.QUICK) if quick else {}
     if repeats is not None:
         settings["repeats"] = repeats
-    measured, fitted = _measure(runner, name, settings,
+    measured, fitted = measure(runner, name, settings,
                                 "quick calibration;" if quick else "sliceserve profile;")
     console = _console()
     for table in (report.decode_table(measured, fitted), report.prefill_table(measured, fitted),
@@ -181,7 +182,7 @@ def run(
 
     _check_common(num_requests, seed, cv, arrival)
     _check_positive("--rate", rate)
-    _check_load(load, rate, workload)
+    check_load(load, rate, workload)
     _check_positive("--max-time-s", max_time_s)
     check_model_options(dtype, threads, kv_cache_gb, quantization)
     if trace_out is not None and trace_out.suffix != ".jsonl":
@@ -212,16 +213,16 @@ def run(
     if profile_out is not None:
         from sliceserve.bench import profile_report as report
 
-        measured, model_lm = _measure(loaded.runner, loaded.model_name, {},
+        measured, model_lm = measure(loaded.runner, loaded.model_name, {},
                                       "sliceserve run --profile-out;")
         _write(profile_out, report.latency_model_json(model_lm))
         _write(report.points_path(profile_out), report.points_json(measured, model_lm))
     else:
         model_lm = given_model or loaded.device_latency_model()
-    load_info = _apply_load(load, workload, model_lm, traffic_args)
+    load_info = apply_load(load, workload, model_lm, traffic_args)
     traffic = make_traffic(workload, latency_model=model_lm, **traffic_args)
     if trace_out is not None:
-        _write_trace(traffic, trace_out)
+        write_trace(traffic, trace_out)
     from sliceserve.model.tokenizer import encode_prompt
 
     tokenizer = loaded.tokenizer
@@ -258,58 +259,3 @@ def run(
         _console().print(home_metrics_table(result))
     if out is not None:
         _write(out, dumps(result))
-
-
-# --- helpers of the commands ---
-
-def _check_load(load: float | None, rate: float | None, workload: str) -> None:
-    _check_positive("--load", load)
-    if load is not None and rate is not None:
-        raise BadInput("give --rate or --load, not both")
-    if load is not None and is_trace_path(workload):
-        raise BadInput("--load needs a generated workload, not a trace")
-
-
-def _apply_load(load: float | None, workload: str, latency_model: LatencyModel,
-                traffic_args: dict[str, Any]) -> dict[str, Any]:
-    """With --load: set the traffic's rate from the device's capacity estimate; the facts
-    for the result file (`load`, `capacity_estimate`)."""
-    if load is None:
-        return {}
-    from sliceserve.workloads import load_workload
-    from sliceserve.workloads.load import rate_for_load
-
-    rate, estimate = rate_for_load(load, load_workload(workload), latency_model)
-    traffic_args["rate_rps"] = rate
-    print(f"--load {load:g}: {rate:.3g} requests/s ({load:g} x the estimated capacity "
-          f"{estimate.rate_rps:.3g}/s)", file=sys.stderr)
-    return {"load": load, "capacity_estimate": estimate.to_dict()}
-
-
-def _measure(runner: Any, name: str, settings: dict[str, Any], notes: str) -> tuple[Any, Any]:
-    """Profile `runner` (a progress bar on stderr) and fit: (Profile, LatencyModel)."""
-    from tqdm import tqdm
-
-    from sliceserve.model import profile_cache, profiler
-
-    key = profile_cache.profile_key(runner, name)
-    with tqdm(desc="profile", unit="it", disable=None, file=sys.stderr) as bar:
-        def progress(done: int, total: int, what: str) -> None:
-            bar.total = total
-            bar.set_postfix_str(what)
-            bar.update(done - bar.n)
-
-        measured = profiler.profile_runner(runner, model=name, progress=progress, **settings)
-    fitted = profiler.fit_latency_model(measured, profile_cache.model_name(name, key), key.device,
-                                        name, notes=notes)
-    return measured, fitted
-
-
-def _write_trace(traffic: Any, path: Path) -> None:
-    from sliceserve.bench.live import write_trace
-
-    try:
-        write_trace(traffic, path)
-    except OSError as e:
-        raise BadInput(f"cannot write {path}: {e.strerror}") from None
-    print(f"wrote {path}", file=sys.stderr)
