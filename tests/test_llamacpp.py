@@ -96,9 +96,8 @@ def scheduler_config(executor, **overrides):
 def make_engine(executor, policy="vllm", options=None, wrap=None, **config) -> Engine:
     cfg = scheduler_config(executor, **config)
     inner = make_policy(policy, LatencyModel.load("paper"), cfg, options or {})
-    scheduler = Scheduler(cfg, wrap(inner) if wrap else inner)
-    scheduler.finished_listeners.append(executor.release)
-    return Engine(scheduler, executor, WallClock())
+    # the engine registers the executor's `release` as a finish listener itself
+    return Engine(Scheduler(cfg, wrap(inner) if wrap else inner), executor, WallClock())
 
 
 def request(rid, prompt, max_tokens=NUM_TOKENS, slo=LENIENT, **sampling) -> Request:

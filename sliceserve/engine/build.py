@@ -156,9 +156,6 @@ def build_engine(config: EngineConfig | None = None, *, clock: Clock | None = No
     policy = make_policy(config.policy, latency_model, loaded.limits,
                          dict(config.policy_options), online_latency=config.online_latency)
     scheduler = Scheduler(loaded.limits, policy)
-    release = getattr(loaded.runner, "release", None)  # llama.cpp: a finished request's KV
-    if release is not None:
-        scheduler.finished_listeners.append(release)
     engine = Engine(scheduler, loaded.runner, clock if clock is not None else WallClock())
     return LiveEngine(engine, loaded.runner, loaded.tokenizer, latency_model,
                       loaded.model_name, loaded.folder, config)

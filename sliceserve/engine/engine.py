@@ -26,6 +26,10 @@ class StepError(RuntimeError):
 
 
 class Executor(Protocol):
+    """Computes plans. An executor that keeps per-request state of its own beyond the
+    scheduler's blocks (llama.cpp's sequence streams) also has `release(request)`, which the
+    engine calls for every request that ends (finished, aborted or rejected)."""
+
     def execute(self, plan: Plan) -> ExecuteResult:
         """Compute the plan: a sampled token per sampling chunk, and the duration."""
         ...
@@ -36,6 +40,9 @@ class Engine:
         self.scheduler = scheduler
         self.executor = executor
         self.clock = clock
+        release = getattr(executor, "release", None)
+        if release is not None:  # for every engine over it: built, run live or served
+            scheduler.finished_listeners.append(release)
 
     def add_request(self, request: Request) -> None:
         self.scheduler.add_request(request, self.clock.now())

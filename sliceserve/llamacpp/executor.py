@@ -11,8 +11,9 @@ be reused) and how many of its tokens. Before a chunk runs, a stream that holds 
 request is cleared, and one that holds more of this request than the plan says is computed
 (recompute after preemption, a retried iteration) is cut back to it, so a stream never mixes
 two requests and positions always continue where the cache ends, as llama.cpp requires. A
-request that finishes, is aborted or rejected (`release`, a scheduler finish listener) or is
-preempted (the plan's `preempted_ids`) has its sequence cleared at once.
+request that finishes, is aborted or rejected (`release`, which the Engine registers as a
+scheduler finish listener) or is preempted (the plan's `preempted_ids`) has its sequence
+cleared at once.
 """
 
 from __future__ import annotations
