@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from sliceserve.bench.machine import device_label
 
 
 def prompts(n: int, length: int, seed: int = 0) -> list[list[int]]:
@@ -152,7 +153,7 @@ def main() -> None:
                                             args.policy)
             rows.append(row("sliceserve torch", args.batch, args.tokens, seconds, **stats))
     result = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-              "cpu": _cpu(), "threads": args.threads, "policy": args.policy,
+              "cpu": device_label(), "threads": args.threads, "policy": args.policy,
               "gguf": gguf.name, "prompt_tokens": args.prompt_tokens,
               "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
               "load_average": os.getloadavg()[0], "rows": rows}
@@ -162,15 +163,6 @@ def main() -> None:
         args.out.write_text(text + "\n")
     print(text)
 
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

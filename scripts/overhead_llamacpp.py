@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from sliceserve.bench.machine import device_label
+
 
 class _TimedLib:
     """The bindings with `llama_decode` timed (every other name passes through)."""
@@ -116,7 +118,7 @@ def main() -> None:
     per_it = [(r["loop_s"] - r["decode_s"]) * 1000.0 for r in full]
     result = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "cpu": _cpu(), "threads": args.threads, "policy": args.policy, "batch": n,
+        "cpu": device_label(), "threads": args.threads, "policy": args.policy, "batch": n,
         "prompt_tokens": args.prompt_tokens, "tokens": args.tokens,
         "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "load_average": os.getloadavg()[0], "generate_s": round(elapsed, 3),
@@ -137,15 +139,6 @@ def main() -> None:
         args.out.write_text(text + "\n")
     print(text)
 
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

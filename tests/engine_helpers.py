@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from sliceserve.core.scheduler import Scheduler
 from sliceserve.engine.engine import Engine
 from sliceserve.latency_model import LatencyModel
 from sliceserve.model.runner import ModelRunner, RunnerConfig
-from sliceserve.policies.base import Policy
+from sliceserve.policies.base import Decision, Policy
 from sliceserve.policies.registry import make_policy
 from sliceserve.request import SLO, Request, SamplingParams
 
@@ -53,3 +54,40 @@ def run_to_completion(engine: Engine, requests: Sequence[Request],
         steps += 1
         assert steps < max_steps, "engine did not finish"
     return {r.request_id: list(r.output_token_ids) for r in requests}
+
+
+class Interfere(Policy):
+    """Wraps a policy: masks `victim` out of some iterations, preempts it at one (tests of
+    exact resumption, on every executor)."""
+
+    name = "interfere"
+
+    def __init__(self, inner: Policy, victim: str, mask_steps: set[int], preempt_step: int | None):
+        super().__init__(inner.options, inner.latency_model, inner.config)
+        self.inner, self.victim = inner, victim
+        self.mask_steps, self.preempt_step = mask_steps, preempt_step
+        self.step = 0
+        self.masked = self.preempted = 0
+
+    def on_arrival(self, request, view):
+        self.inner.on_arrival(request, view)
+
+    def on_finish(self, request, view):
+        self.inner.on_finish(request, view)
+
+    def schedule(self, view) -> Decision:
+        decision = self.inner.schedule(view)
+        self.step += 1
+        batch = list(decision.batch)
+        victim = [r for r, _ in batch if r.request_id == self.victim
+                  and r.num_computed_tokens > 0]
+        if not victim:
+            return decision
+        rest = [(r, n) for r, n in batch if r.request_id != self.victim]
+        if self.step == self.preempt_step:
+            self.preempted += 1
+            return replace(decision, batch=rest, preempt=[*decision.preempt, victim[0]])
+        if self.step in self.mask_steps:
+            self.masked += 1
+            return replace(decision, batch=rest)
+        return decision

@@ -26,6 +26,7 @@ from sliceserve.model.config import ModelLoadError
 from sliceserve.policies.base import Decision, Policy
 from sliceserve.policies.registry import make_policy, policy_names
 from sliceserve.request import SLO, Request, RequestStatus, SamplingParams
+from tests.engine_helpers import Interfere, run_to_completion
 
 MISSING = missing_reason()
 needs_llama_cpp = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
@@ -104,17 +105,6 @@ def request(rid, prompt, max_tokens=NUM_TOKENS, slo=LENIENT, **sampling) -> Requ
     params = SamplingParams(max_tokens=max_tokens, **{"temperature": 0.0, "ignore_eos": True,
                                                       **sampling})
     return Request(rid, 0.0, len(prompt), params, slo, prompt_token_ids=list(prompt))
-
-
-def run(engine, requests, max_steps=200_000) -> dict[str, list[int]]:
-    for r in requests:
-        engine.add_request(r)
-    steps = 0
-    while engine.has_unfinished():
-        engine.step()
-        steps += 1
-        assert steps < max_steps, "the engine did not finish"
-    return {r.request_id: list(r.output_token_ids) for r in requests}
 
 
 def assert_no_leak(engine, executor) -> None:
@@ -200,7 +190,7 @@ def test_engine_config_carries_llama_cpp_options_and_checks_them():
 @needs_llama_cpp
 def test_greedy_tokens_equal_llama_cpp_alone(executor, prompt_ids, reference):
     for i, ids in enumerate(prompt_ids):
-        got = run(make_engine(executor), [request(f"a{i}", ids)])[f"a{i}"]
+        got = run_to_completion(make_engine(executor), [request(f"a{i}", ids)])[f"a{i}"]
         assert got == reference[i], PROMPTS[i]
     assert executor.sequences_in_use() == {}
 
@@ -214,44 +204,9 @@ def test_greedy_tokens_equal_llama_cpp_batched_with_chunked_prefill(executor, pr
     reqs = [request(f"b{i}", ids) for i, ids in enumerate(prompt_ids)]
     # A 48-token budget cuts the long prompts into chunks that share iterations with decodes.
     engine = make_engine(executor, max_num_batched_tokens=48)
-    out = run(engine, [*others[:2], *reqs, others[2]])
+    out = run_to_completion(engine, [*others[:2], *reqs, others[2]])
     assert [out[f"b{i}"] for i in range(len(PROMPTS))] == reference
     assert_no_leak(engine, executor)
-
-
-class _Interfere(Policy):
-    """Wraps a policy: leaves `victim` out of some iterations, preempts it at one."""
-
-    name = "interfere"
-
-    def __init__(self, inner: Policy, victim: str, mask_steps: set[int], preempt_step: int | None):
-        super().__init__(inner.options, inner.latency_model, inner.config)
-        self.inner, self.victim = inner, victim
-        self.mask_steps, self.preempt_step = mask_steps, preempt_step
-        self.step = 0
-        self.masked = self.preempted = 0
-
-    def on_arrival(self, request, view):
-        self.inner.on_arrival(request, view)
-
-    def on_finish(self, request, view):
-        self.inner.on_finish(request, view)
-
-    def schedule(self, view) -> Decision:
-        decision = self.inner.schedule(view)
-        self.step += 1
-        victim = [r for r, _ in decision.batch if r.request_id == self.victim
-                  and r.num_computed_tokens > 0]
-        if not victim:
-            return decision
-        rest = [(r, n) for r, n in decision.batch if r.request_id != self.victim]
-        if self.step == self.preempt_step:
-            self.preempted += 1
-            return replace(decision, batch=rest, preempt=[*decision.preempt, victim[0]])
-        if self.step in self.mask_steps:
-            self.masked += 1
-            return replace(decision, batch=rest)
-        return decision
 
 
 @needs_llama_cpp
@@ -260,12 +215,12 @@ def test_masked_or_preempted_request_resumes_exactly(executor, prompt_ids, refer
     wrapped = []
 
     def wrap(inner):
-        wrapped.append(_Interfere(inner, "r1", {4, 5, 6, 9, 15}, 12 if preempt else None))
+        wrapped.append(Interfere(inner, "r1", {4, 5, 6, 9, 15}, 12 if preempt else None))
         return wrapped[0]
 
     engine = make_engine(executor, wrap=wrap)
     reqs = [request(f"r{i}", ids) for i, ids in enumerate(prompt_ids)]
-    out = run(engine, reqs)
+    out = run_to_completion(engine, reqs)
     assert [out[f"r{i}"] for i in range(len(PROMPTS))] == reference
     assert wrapped[0].masked >= 3
     assert reqs[1].num_preemptions == (1 if preempt else 0)
@@ -283,7 +238,7 @@ def test_every_policy_drives_llama_cpp_to_completion(executor, prompt_ids):
         engine = make_engine(executor, name)
         reqs = [request(f"{name}-{i}", p, 4 + 3 * (i % 4), slo=slos[i % 2])
                 for i, p in enumerate(prompts)]
-        run(engine, reqs)
+        run_to_completion(engine, reqs)
         done = [r for r in reqs if r.status is RequestStatus.COMPLETED]
         assert all(r.finish_reason == "length" and len(r.output_token_ids) == r.max_tokens
                    for r in done), name
@@ -358,7 +313,7 @@ def test_no_kv_leak_after_1000_mixed_requests_and_reused_sequences_stay_exact(
                                         RequestStatus.REJECTED}
     assert sum(r.num_preemptions for r in reqs) > 20
     assert_no_leak(engine, executor)
-    out = run(engine, [request("after", prompt_ids[0])])
+    out = run_to_completion(engine, [request("after", prompt_ids[0])])
     assert out["after"] == reference[0]
     assert_no_leak(engine, executor)
 

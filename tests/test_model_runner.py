@@ -4,15 +4,19 @@ KV-cache properties: batch invariance, masking, chunked prefill, recompute preem
 from __future__ import annotations
 
 import random
-from dataclasses import replace
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from sliceserve.policies.base import Decision, Policy
 from sliceserve.request import RequestStatus
-from tests.engine_helpers import TEST_DEVICE, make_engine, request, run_to_completion
+from tests.engine_helpers import (
+    TEST_DEVICE,
+    Interfere,
+    make_engine,
+    request,
+    run_to_completion,
+)
 from tests.tiny_models import make_tiny_model
 
 LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
@@ -77,42 +81,6 @@ def test_chunked_prefill_mixed_with_decode(folders):
     assert chunked == whole
 
 
-class _Interfere(Policy):
-    """Wraps a policy: masks `victim` out of some iterations, preempts it at one."""
-
-    name = "interfere"
-
-    def __init__(self, inner: Policy, victim: str, mask_steps: set[int], preempt_step: int | None):
-        super().__init__(inner.options, inner.latency_model, inner.config)
-        self.inner, self.victim = inner, victim
-        self.mask_steps, self.preempt_step = mask_steps, preempt_step
-        self.step = 0
-        self.masked = self.preempted = 0
-
-    def on_arrival(self, request, view):
-        self.inner.on_arrival(request, view)
-
-    def on_finish(self, request, view):
-        self.inner.on_finish(request, view)
-
-    def schedule(self, view) -> Decision:
-        decision = self.inner.schedule(view)
-        self.step += 1
-        batch = list(decision.batch)
-        victim = [r for r, _ in batch if r.request_id == self.victim
-                  and r.num_computed_tokens > 0]
-        if not victim:
-            return decision
-        rest = [(r, n) for r, n in batch if r.request_id != self.victim]
-        if self.step == self.preempt_step:
-            self.preempted += 1
-            return replace(decision, batch=rest, preempt=[*decision.preempt, victim[0]])
-        if self.step in self.mask_steps:
-            self.masked += 1
-            return replace(decision, batch=rest)
-        return decision
-
-
 @pytest.mark.parametrize("preempt", [False, True])
 def test_masked_or_preempted_request_resumes_exactly(folders, preempt):
     folder = folders["llama"]
@@ -122,7 +90,7 @@ def test_masked_or_preempted_request_resumes_exactly(folders, preempt):
     policies = []
 
     def wrap(inner):
-        policies.append(_Interfere(inner, "r1", {4, 5, 6, 9}, 7 if preempt else None))
+        policies.append(Interfere(inner, "r1", {4, 5, 6, 9}, 7 if preempt else None))
         return policies[0]
 
     engine = make_engine(folder, wrap=wrap)
