@@ -57,7 +57,16 @@ def test_request_bodies_force_the_length_the_way_each_system_needs() -> None:
     vllm = request_body(spec, "hi", "m", client_options("vllm"))
     assert vllm["ignore_eos"] and vllm["return_token_ids"] and vllm["priority"] == 0
     assert vllm["max_tokens"] == 7 and vllm["stream"] and vllm["temperature"] == 0.0
-    assert vllm["slo"] == {"ttft_ms": 300, "tpot_ms": 60, "deadline_ms": 900}
+    # vLLM drops unknown top-level fields: the SLO goes flat in vllm_xargs, nothing else
+    assert vllm["vllm_xargs"] == {"ttft_ms": 300, "tpot_ms": 60, "deadline_ms": 900,
+                                  "utility": 100, "slo_class": "control"}
+    assert not {"slo", "utility", "slo_class"} & set(vllm)
+    no_deadline = RequestSpec("s", 0.0, 10, 7, SLO(300, 60, None, 1, "chat"), priority=2)
+    assert "deadline_ms" not in request_body(no_deadline, "hi", "m",
+                                             client_options("vllm"))["vllm_xargs"]
+    ours = request_body(spec, "hi", "m", client_options("sliceserve"))
+    assert ours["slo"] == {"ttft_ms": 300, "tpot_ms": 60, "deadline_ms": 900}
+    assert "vllm_xargs" not in ours
     assert vllm["stream_options"] == {"include_usage": True}
     lcp = request_body(spec, "hi", "m", client_options("llama-cpp-python", eos_ids=[0, 2]))
     assert lcp["logit_bias"] == {"0": -100, "2": -100} and "ignore_eos" not in lcp
@@ -70,6 +79,8 @@ def test_request_bodies_force_the_length_the_way_each_system_needs() -> None:
         request_body(spec, "hi", "m", client_options("llama-cpp-python"))
     with pytest.raises(ValueError, match="force_length"):
         client_options("vllm", force_length="pray")
+    with pytest.raises(ValueError, match="slo_format"):
+        client_options("vllm", slo_format="nested")
 
 
 def test_token_times_take_the_usage_count_at_the_last_chunk() -> None:

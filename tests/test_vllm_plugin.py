@@ -227,6 +227,30 @@ def test_slo_fields_sent_through_vllm_xargs_reach_the_policy(client: Any, server
     assert json.dumps(expected_chat, sort_keys=True) in seen, seen
 
 
+def test_the_benchmark_clients_requests_deliver_their_slo_to_the_policy(server: dict) -> None:
+    # What `sliceserve bench --system vllm` sends is what the plug-in sees (an SLO sent in a
+    # form vLLM drops would reach the policy as the best-effort default).
+    from sliceserve.bench.systems import client_options, request_body
+    from sliceserve.request import SLO
+    from sliceserve.workloads import RequestSpec
+
+    specs = [RequestSpec("b1", 0.0, 8, 3, SLO(345678, 66666, 987654, 30, "navigation"), 1),
+             RequestSpec("b2", 0.0, 8, 3, SLO(234567, 44444.5, None, 100, "control"), 0)]
+    before = len(arrivals(server))
+    for spec in specs:
+        body = request_body(spec, "The capital of France is", "smollm2",
+                            client_options("vllm"))
+        with httpx.stream("POST", f"{server['base_url']}/completions", json=body,
+                          timeout=300) as response:
+            assert response.status_code == 200, response.read()
+            response.read()
+    seen = [a["slo"] for a in arrivals(server)[before:]]
+    assert seen == [{"ttft_ms": 345678, "tpot_ms": 66666, "deadline_ms": 987654, "utility": 30,
+                     "slo_class": "navigation"},
+                    {"ttft_ms": 234567, "tpot_ms": 44444.5, "deadline_ms": None,
+                     "utility": 100, "slo_class": "control"}], seen
+
+
 def test_a_request_without_an_slo_gets_the_best_effort_default(client: Any,
                                                                 server: dict) -> None:
     before = len(arrivals(server))

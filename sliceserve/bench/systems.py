@@ -7,8 +7,12 @@ any field can be overridden from the command line.
 
 - `force_length`: "ignore_eos" (vLLM, llama.cpp's llama-server, sliceserve), "logit_bias"
   (-100 on the EOS ids: llama-cpp-python's server ignores `ignore_eos`), or "none".
-- `send_slo`: the SLO extension (docs/API: `slo`, `utility`, `slo_class`); servers that do
-  not know it ignore it, and the client measures attainment against each request's SLO anyway.
+- `send_slo`: the request's SLO, in the form `slo_format` names: "sliceserve" (docs/API:
+  `slo`, `utility`, `slo_class`) or "vllm_xargs" (the same values flat in vLLM's
+  `vllm_xargs`, which reach `SamplingParams.extra_args` and so the sliceserve plug-in inside
+  vLLM; vLLM drops unknown top-level fields, so the first form never reaches it). Servers
+  that know neither ignore it; the client measures attainment against each request's SLO
+  anyway.
 - `send_priority`: vLLM's `priority` (lower first; the workload's utility rank), which its
   `--scheduling-policy priority` uses and FCFS ignores.
 - `token_ids`: ask for per-chunk token ids (vLLM's `return_token_ids`), so every token's
@@ -24,6 +28,7 @@ from typing import Any
 from sliceserve.workloads import RequestSpec
 
 FORCE_LENGTH = ("ignore_eos", "logit_bias", "none")
+SLO_FORMATS = ("sliceserve", "vllm_xargs")
 ENDPOINTS = ("completions", "chat")
 
 
@@ -32,6 +37,7 @@ class ClientOptions:
     system: str = "openai"
     force_length: str = "ignore_eos"
     send_slo: bool = True
+    slo_format: str = "sliceserve"
     send_priority: bool = True
     token_ids: bool = False
     usage: bool = True  # stream_options.include_usage
@@ -43,6 +49,9 @@ class ClientOptions:
         if self.force_length not in FORCE_LENGTH:
             raise ValueError(f"force_length must be one of {', '.join(FORCE_LENGTH)}, "
                              f"got {self.force_length!r}")
+        if self.slo_format not in SLO_FORMATS:
+            raise ValueError(f"slo_format must be one of {', '.join(SLO_FORMATS)}, "
+                             f"got {self.slo_format!r}")
         if self.endpoint not in ENDPOINTS:
             raise ValueError(f"endpoint must be one of {', '.join(ENDPOINTS)}, "
                              f"got {self.endpoint!r}")
@@ -53,7 +62,8 @@ class ClientOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return {"system": self.system, "force_length": self.force_length,
-                "send_slo": self.send_slo, "send_priority": self.send_priority,
+                "send_slo": self.send_slo, "slo_format": self.slo_format,
+                "send_priority": self.send_priority,
                 "token_ids": self.token_ids, "usage": self.usage, "endpoint": self.endpoint,
                 "eos_ids": list(self.eos_ids), "extra_body": dict(self.extra_body)}
 
@@ -61,7 +71,7 @@ class ClientOptions:
 SYSTEMS: dict[str, ClientOptions] = {
     "openai": ClientOptions(),
     "sliceserve": ClientOptions(system="sliceserve"),
-    "vllm": ClientOptions(system="vllm", token_ids=True),
+    "vllm": ClientOptions(system="vllm", token_ids=True, slo_format="vllm_xargs"),
     "llama.cpp": ClientOptions(system="llama.cpp", send_priority=False),
     # No usage in its streams and no ignore_eos; one chunk per token.
     "llama-cpp-python": ClientOptions(system="llama-cpp-python", force_length="logit_bias",
@@ -111,7 +121,13 @@ def request_body(spec: RequestSpec, prompt: str, model: str,
     if options.token_ids:
         body["return_token_ids"] = True
     slo = spec.slo
-    if options.send_slo:
+    if options.send_slo and options.slo_format == "vllm_xargs":
+        xargs: dict[str, Any] = {"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms,
+                                 "utility": slo.utility, "slo_class": slo.slo_class}
+        if slo.deadline_ms is not None:  # flat values only: no deadline is no field
+            xargs["deadline_ms"] = slo.deadline_ms
+        body["vllm_xargs"] = xargs
+    elif options.send_slo:
         body["slo"] = {"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms,
                        "deadline_ms": slo.deadline_ms}
         body["utility"] = slo.utility

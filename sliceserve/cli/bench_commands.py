@@ -79,6 +79,9 @@ def bench(
         help="comma-separated EOS token ids for --force-length logit_bias")] = None,
     send_slo: Annotated[bool | None, typer.Option(
         "--send-slo/--no-send-slo", help="send the SLO extension fields")] = None,
+    slo_format: Annotated[str | None, typer.Option(
+        help="how the SLO is sent: sliceserve (slo, utility, slo_class) or vllm_xargs (flat, "
+        "for the sliceserve plug-in inside vLLM); default: the system's")] = None,
     send_priority: Annotated[bool | None, typer.Option(
         "--send-priority/--no-send-priority", help="send vLLM's priority (utility rank)")
     ] = None,
@@ -111,7 +114,8 @@ def bench(
     if burstiness is not None:
         arrival, cv = "gamma", 1.0 / math.sqrt(burstiness)
     options = client_options(
-        system, force_length=force_length, send_slo=send_slo, send_priority=send_priority,
+        system, force_length=force_length, send_slo=send_slo, slo_format=slo_format,
+        send_priority=send_priority,
         endpoint=endpoint, extra_body=parse_extra_body(extra_body) or None,
         eos_ids=_parse_ids(eos_ids))
     spec, device_model, rate_rps, load_info = _plan(workload, latency_model, rate, load,
