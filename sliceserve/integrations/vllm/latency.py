@@ -143,26 +143,42 @@ def differs(a: LatencyModel, b: LatencyModel, tolerance: float) -> bool:
 
 
 class StepTimer:
-    """Measured step durations: from the end of `schedule()` (or the end of the previous
-    step's `update_from_output()`, whichever is later: with async scheduling the next step is
-    scheduled while one runs) to the start of the step's `update_from_output()`."""
+    """Measured step durations, as the requests feel them: the time from one step's end
+    (the end of its `update_from_output()`) to the next one's, that is vLLM's whole loop per
+    token of a row that decodes every step (its `schedule()`, the model run, the update and
+    the engine core's work between steps), not the model run alone: a policy pacing rows to
+    their TPOT must plan with the gap between their tokens.
+
+    A step that follows an idle loop (nothing was running or waiting when the last one ended)
+    starts at its own `schedule()`. With async scheduling the next step is scheduled while
+    one runs; the gap between two updates is still the time between a row's tokens."""
 
     def __init__(self) -> None:
         self._pending: deque[tuple[object, StepShape, float]] = deque()
-        self._last_update_end_s = 0.0
+        self._last_update_end_s: float | None = None  # None: the loop was idle after it
+        self._executed: tuple[StepShape, float] | None = None
 
-    def scheduled(self, output: object, shape: StepShape, now_s: float) -> None:
-        self._pending.append((output, shape, now_s))
+    def scheduled(self, output: object, shape: StepShape, schedule_start_s: float) -> None:
+        self._pending.append((output, shape, schedule_start_s))
 
-    def executed(self, output: object, now_s: float) -> tuple[StepShape, float] | None:
-        """The step's shape and duration in ms, or None for a step that was not recorded."""
+    def executed(self, output: object) -> None:
+        """The step of `output` ran; its duration is known once its update is done."""
         # vLLM updates steps in the order it scheduled them; unrecorded (empty) steps are not
         # queued, so the head is this step or a later one.
+        self._executed = None
         if not self._pending or self._pending[0][0] is not output:
-            return None
+            return
         _, shape, scheduled_s = self._pending.popleft()
-        start = max(scheduled_s, self._last_update_end_s)
-        return shape, (now_s - start) * 1000.0
+        last = self._last_update_end_s
+        self._executed = (shape, scheduled_s if last is None else last)
 
-    def update_done(self, now_s: float) -> None:
-        self._last_update_end_s = now_s
+    def update_done(self, now_s: float, busy: bool) -> tuple[StepShape, float] | None:
+        """The update of the step last `executed` ended at `now_s`: its shape and duration
+        in ms (None for an unrecorded step). `busy`: requests remain (vLLM steps again at
+        once); otherwise the loop idles and the next step starts at its own schedule."""
+        done, self._executed = self._executed, None
+        self._last_update_end_s = now_s if busy else None
+        if done is None:
+            return None
+        shape, start_s = done
+        return shape, (now_s - start_s) * 1000.0

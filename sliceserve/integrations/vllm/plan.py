@@ -17,8 +17,10 @@ carried out by arranging vLLM's state around one call of the base `schedule()`:
 `carry_out` does that arranging around the base call and restores the queues after it.
 
 No masking without contention: a row the batch leaves out runs anyway when it costs nobody
-anything, that is while the predicted step, with it, stays within the tightest TPOT of the
-batch's decoding rows (within 5% of the batch's own step when the batch decodes nothing).
+anything, that is while the predicted step, with it, stays within `UNMASK_TPOT_SHARE` of the
+tightest TPOT of the batch's decoding rows (within 5% of the batch's own step when the batch
+decodes nothing). Not all of it: a step filled to exactly the tightest TPOT leaves that row no
+room for prediction error or for a prompt chunk, and its mean TPOT ends just over.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from sliceserve.latency_model import LatencyModel, chunk_pairs
 from sliceserve.policies.base import PolicyError
 
 NO_DECODE_SLACK = 0.05  # a masked row may slow a batch that decodes nothing by this much
+UNMASK_TPOT_SHARE = 0.9  # unmasked rows may fill a step up to this share of the tightest TPOT
 
 
 @dataclass(slots=True)
@@ -96,7 +99,8 @@ def _unmask(batch: Sequence[tuple[Any, int]], masked_views: list[Any], tight_tpo
         if num_new > 1:
             pairs += chunk_pairs(num_new, computed)
     predicted = model.iteration_ms(rows, tokens, context, pairs)
-    bound = tight_tpot_ms if tight_tpot_ms < math.inf else predicted * (1 + NO_DECODE_SLACK)
+    bound = (tight_tpot_ms * UNMASK_TPOT_SHARE if tight_tpot_ms < math.inf
+             else predicted * (1 + NO_DECODE_SLACK))
     step = model.decode_latency_ms
     per_context = model.context_ms_per_token
     unmasked = 0
