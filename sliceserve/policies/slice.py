@@ -31,8 +31,15 @@ from sliceserve.policies.slice_mask import period_ms
 from sliceserve.policies.slice_options import SliceOptions
 from sliceserve.policies.slice_select import TIER_URGENT, Candidate, Selector
 
-__all__ = ["SliceOptions", "SlicePolicy"]
+__all__ = ["SliceOptions", "SlicePolicy", "reachable_qoe"]
 
+
+def reachable_qoe(r: RequestView, now_s: float) -> float:
+    """Andes' QoE `r` could still reach if served at its pace from now: H / (H + lateness),
+    H half its ideal generation time (every token shifted by the same delay)."""
+    due_s = r.arrival_s + (r.slo.ttft_ms + r.num_output_tokens * r.slo.tpot_ms) / 1000.0
+    half_ms = (r.max_tokens + 1) * r.slo.tpot_ms / 2.0
+    return half_ms / (half_ms + max(0.0, (now_s - due_s) * 1000.0))
 
 
 
@@ -136,6 +143,8 @@ class SlicePolicy(SliceIteration, Policy):
             self._triage(r)
             if opts.reject_infeasible:
                 self._to_reject.append(Rejection(r, "its SLO can no longer be met"))
+        if opts.lost_cause_min_qoe > 0 and not opts.reject_infeasible:  # lost causes
+            self._drop_lost_causes(now)
         urgent = [c.rank for c in candidates if c.tier == TIER_URGENT]
         if urgent and opts.defer_rank_ratio < math.inf:
             floor = opts.defer_rank_ratio * min(urgent)
@@ -267,6 +276,13 @@ class SlicePolicy(SliceIteration, Policy):
                     break
         return Decision(batch=batch, preempt=preempt, reject=reject)
 
+    def _drop_lost_causes(self, now_s: float) -> None:
+        """Reject triaged requests whose reachable QoE is below `lost_cause_min_qoe`
+        (taken out of the plan at once; the scheduler's on_finish follows, a no-op)."""
+        for r in [r for r in self._triaged_order if reachable_qoe(r, now_s)
+                  < self.options.lost_cause_min_qoe]:
+            self._to_reject.append(Rejection(r, "lost cause: its QoE would be too low"))
+            self.on_finish(r, None)  # type: ignore[arg-type]  # unused by on_finish
     def _triage(self, r: RequestView) -> None:
         key = (-r.slo.utility, r.remaining_output_tokens, r.arrival_s, r.request_id)
         self._triaged[r.request_id] = r

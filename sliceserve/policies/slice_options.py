@@ -50,6 +50,8 @@ option:
 - aging (off by default: it costs 3 points on `edge` and nothing on `paper`, and triage plus
   `best_effort_share` already bound how long a request waits): a request that has not started
   ranks higher the longer it waits, up to `aging_max_factor`.
+- lost_cause_min_qoe: a lost cause is rejected once the QoE it could still reach falls
+  below this (off at 0), so that triaged work does not outlive the traffic.
 - best_effort_share: when requests are left out, this share of the period is kept for them
   (the selection leaves it free), so triaged requests finish even under sustained overload.
 """
@@ -103,6 +105,11 @@ class SliceOptions(PolicyOptions):
     max_extra_rows: int = 16  # unselected rows added to one iteration
     replan_interval_ratio: float = 0.25  # re-plan at least this often (x P)
     reject_infeasible: bool = False  # triaged requests are rejected instead of kept
+    # A triaged request (a lost cause) is rejected once its Andes QoE, were it served from
+    # now on at its pace, would fall below this (estimated H / (H + lateness), H half its
+    # ideal generation time): under overload lost causes no longer pile up and drain the
+    # device after the traffic ends. 0: keep every lost cause (the previous behaviour).
+    lost_cause_min_qoe: float = 0.0
     # Rates are planned this much faster than the TPOT needs, so that re-plans, prefills and
     # prediction error do not push a row at exactly its pace over its TPOT.
     rate_margin: float = 0.05
@@ -129,6 +136,8 @@ class SliceOptions(PolicyOptions):
             raise ValueError("max_prefill_ratio must be in (0, 10]")
         if self.prefill_pacing not in ("deadline", "period"):
             raise ValueError("prefill_pacing must be 'deadline' or 'period'")
+        if not 0 <= self.lost_cause_min_qoe <= 1:
+            raise ValueError("lost_cause_min_qoe must be in [0, 1]")
         for name in ("best_effort_share", "headroom", "rate_margin"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1)")
