@@ -29,18 +29,9 @@ from sliceserve.policies.registry import register
 from sliceserve.policies.slice_iteration import SliceIteration
 from sliceserve.policies.slice_mask import period_ms
 from sliceserve.policies.slice_options import SliceOptions
-from sliceserve.policies.slice_select import TIER_URGENT, Candidate, Selector
+from sliceserve.policies.slice_select import TIER_URGENT, Candidate, Selector, reachable_qoe
 
 __all__ = ["SliceOptions", "SlicePolicy", "reachable_qoe"]
-
-
-def reachable_qoe(r: RequestView, now_s: float) -> float:
-    """Andes' QoE `r` could still reach if served at its pace from now: H / (H + lateness),
-    H half its ideal generation time (every token shifted by the same delay)."""
-    due_s = r.arrival_s + (r.slo.ttft_ms + r.num_output_tokens * r.slo.tpot_ms) / 1000.0
-    half_ms = (r.max_tokens + 1) * r.slo.tpot_ms / 2.0
-    return half_ms / (half_ms + max(0.0, (now_s - due_s) * 1000.0))
-
 
 
 @register
@@ -95,7 +86,10 @@ class SlicePolicy(SliceIteration, Policy):
         self._dirty = True
 
     def on_finish(self, request: RequestView, view: SchedulerView) -> None:
-        rid = request.request_id
+        self._forget(request.request_id)
+
+    def _forget(self, rid: str) -> None:
+        """Take a request out of the plan (finished, or rejected by the policy itself)."""
         self._active.pop(rid, None)
         if self._triaged.pop(rid, None) is not None:
             i = bisect.bisect_left(self._triaged_keys, self._triaged_key_of.pop(rid))
@@ -282,7 +276,8 @@ class SlicePolicy(SliceIteration, Policy):
         for r in [r for r in self._triaged_order if reachable_qoe(r, now_s)
                   < self.options.lost_cause_min_qoe]:
             self._to_reject.append(Rejection(r, "lost cause: its QoE would be too low"))
-            self.on_finish(r, None)  # type: ignore[arg-type]  # unused by on_finish
+            self._forget(r.request_id)
+
     def _triage(self, r: RequestView) -> None:
         key = (-r.slo.utility, r.remaining_output_tokens, r.arrival_s, r.request_id)
         self._triaged[r.request_id] = r

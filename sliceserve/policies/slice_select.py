@@ -223,3 +223,10 @@ class Selector:
                 counts[col] += 1
         return counts
 
+
+def reachable_qoe(r: RequestView, now_s: float) -> float:
+    """Andes' QoE `r` could still reach if served at its pace from now: H / (H + lateness),
+    H half its ideal generation time (every token shifted by the same delay)."""
+    due_s = r.arrival_s + (r.slo.ttft_ms + r.num_output_tokens * r.slo.tpot_ms) / 1000.0
+    half_ms = (r.max_tokens + 1) * r.slo.tpot_ms / 2.0
+    return half_ms / (half_ms + max(0.0, (now_s - due_s) * 1000.0))
