@@ -21,12 +21,10 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -34,6 +32,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import compare_systems as cs  # noqa: E402  (how the project starts and stops its peers)
 from bench_llamacpp import prompts  # noqa: E402  (the same prompts as the other rows)
 
 from sliceserve.bench.machine import device_label  # noqa: E402
@@ -41,46 +40,15 @@ from sliceserve.bench.machine import device_label  # noqa: E402
 DEFAULT_BINARY = Path.home() / ".cache/sliceserve/peers/llama-server-0.3.36/llama-server"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(binary: Path, gguf: Path, parallel: int, context: int, threads: int,
-                 port: int, log_path: Path) -> tuple[subprocess.Popen, list[str]]:
-    command = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+def server_system(binary: Path, gguf: Path, parallel: int, context: int,
+                  threads: int) -> cs.System:
+    """compare_systems' llama-server, with this row's context and batch threads."""
+    command = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(cs.PORT),
                "-np", str(parallel), "-c", str(context), "-t", str(threads),
                "-tb", str(threads), "--no-webui"]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "wb")  # noqa: SIM115 - the child keeps it; closed with the process
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    return process, command
-
-
-def wait_healthy(process: subprocess.Popen, base: str, timeout_s: float = 120.0) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout_s:
-        if process.poll() is not None:
-            raise RuntimeError(f"llama-server exited with {process.returncode} while loading")
-        try:
-            if httpx.get(f"{base}/health", timeout=2.0).status_code == 200:
-                return time.monotonic() - start
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"llama-server not healthy after {timeout_s:.0f} s")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    base = cs.llama_server_system(parallel)
+    return replace(base, command=command, settings={**base.settings, "ctx": context,
+                                                    "threads": threads})
 
 
 async def one_request(client: httpx.AsyncClient, prompt: list[int], tokens: int) -> dict:
@@ -141,20 +109,20 @@ def main() -> None:
         sys.exit(f"{args.binary} missing: build it with scripts/peers/build_llama_server.sh")
     gguf = default_gguf_path()
     context = args.batch * (args.prompt_tokens + args.tokens + 32)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    process, command = start_server(args.binary, gguf, args.batch, context, args.threads,
-                                    port, args.log)
+    system = server_system(args.binary, gguf, args.batch, context, args.threads)
+    command = system.command
+    server = cs.Running(system, args.log)
+    base = server.base_url
     rounds = []
     try:
-        load_s = wait_healthy(process, base)
+        load_s = server.wait_ready(120.0)
         asyncio.run(one_round(base, prompts(1, args.prompt_tokens, seed=99), 4))  # warm-up
         batch_prompts = prompts(args.batch, args.prompt_tokens, seed=1)
         for i in range(args.repeats):
             rounds.append(asyncio.run(one_round(base, batch_prompts, args.tokens)))
             print(json.dumps({"round": i, **rounds[-1]}), file=sys.stderr, flush=True)
     finally:
-        stop_server(process)
+        server.stop()
     rates = [r["tok_per_s"] for r in rounds]
     server_command = " ".join([args.binary.name, *command[1:]]).replace(str(gguf), gguf.name)
     result = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
