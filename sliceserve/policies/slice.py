@@ -3,9 +3,8 @@
 The plan (re-planned on every arrival and completion, and every `replan_interval_ratio` of a
 period): every active request is assessed (slice_select.py: its decode rate per period, its
 rank, what its prompt costs, whether it can still be met) and the best are selected while the
-mask runs within the period; the rest run on leftover capacity, lost causes are triaged. One
-iteration runs the plan (slice_iteration.py). Each improvement over the paper is a named
-option, documented with the options (slice_options.py).
+mask runs within the period; the rest run on leftover capacity, lost causes are triaged.
+slice_iteration.py runs the plan; slice_options.py names each improvement over the paper.
 """
 
 from __future__ import annotations
@@ -49,9 +48,8 @@ class SlicePolicy(SliceIteration, Policy):
         self._l = self._lm.decode_latency_ms
         self._active: dict[str, RequestView] = {}  # not triaged, unfinished
         self._triaged: dict[str, RequestView] = {}
-        # Serving order of triaged requests: higher utility first, then fewer tokens owed at
-        # triage (shortest first minimizes their mean completion time), then older. Kept
-        # sorted by that key, fixed at triage.
+        # Serving order of triaged requests: higher utility first, then fewer tokens owed at triage
+        # (shortest first minimizes their mean completion time), then older; fixed at triage.
         self._triaged_order: list[RequestView] = []
         self._triaged_keys: list[tuple[float, int, float, str]] = []
         self._triaged_key_of: dict[str, tuple[float, int, float, str]] = {}
@@ -69,9 +67,10 @@ class SlicePolicy(SliceIteration, Policy):
         self._prefill_share = 1.0
         self._column_ms = 0.0
         self._prompt_bank_ms = 0.0
-        self._extra_ms_per_iter = 0.0
-        self._bucket_ms = 0.0
+        self._extra_ms_per_iter = self._bucket_ms = 0.0
         self._to_reject: list[Rejection] = []
+        self._tightest_tpot_ms = math.inf  # of every request given so far: sets the row cap
+        self._row_cap = self._selector.row_cap(math.inf)  # the selection's (replan sets it)
 
     @property
     def selector(self) -> Selector:
@@ -83,6 +82,7 @@ class SlicePolicy(SliceIteration, Policy):
     # --- events ---
     def on_arrival(self, request: RequestView, view: SchedulerView) -> None:
         self._active[request.request_id] = request
+        self._tightest_tpot_ms = min(self._tightest_tpot_ms, request.slo.tpot_ms)
         self._dirty = True
 
     def on_finish(self, request: RequestView, view: SchedulerView) -> None:
@@ -116,9 +116,10 @@ class SlicePolicy(SliceIteration, Policy):
         candidates.sort(key=lambda c: (c.tier, -c.rank, c.request.first_token_s is None,
                                        c.request.arrival_s))
         budget_ms = self.period_ms * (1.0 - self.options.headroom)
-        if self._triaged or len(candidates) > self.options.max_rows:
+        cap = self._selector.row_cap(min(self._tightest_tpot_ms, request.slo.tpot_ms))
+        if self._triaged or len(candidates) > cap:
             budget_ms *= 1.0 - self.options.best_effort_share
-        chosen = self._selector.select(candidates, budget_ms, self._credit, now)
+        chosen = self._selector.select(candidates, budget_ms, self._credit, now, cap)
         if any(x.request is request for x in chosen):
             return None
         return Rejection(request, "the device cannot fit it in before its TTFT: the requests "
@@ -147,11 +148,12 @@ class SlicePolicy(SliceIteration, Policy):
                     c.tier = TIER_URGENT  # it outranks urgent low-value work: no deferral
         candidates.sort(key=lambda c: (c.tier, -c.rank, c.request.first_token_s is None,
                                        c.request.arrival_s))
-        leftover = bool(self._triaged) or len(candidates) > opts.max_rows
+        self._row_cap = self._selector.row_cap(self._tightest_tpot_ms)
+        leftover = bool(self._triaged) or len(candidates) > self._row_cap
         budget_ms = self.period_ms * (1.0 - opts.headroom)
         if leftover:
             budget_ms *= 1.0 - opts.best_effort_share
-        chosen = self._selector.select(candidates, budget_ms, self._credit, now)
+        chosen = self._selector.select(candidates, budget_ms, self._credit, now, self._row_cap)
         self._install(chosen, candidates, budget_ms)
         self._dirty = False
         self._next_replan_s = self._next_change_s(chosen, candidates, now)
@@ -230,7 +232,7 @@ class SlicePolicy(SliceIteration, Policy):
             self.replan(view)
         reject, self._to_reject = self._to_reject, []
         rejected = {rejection.request.request_id for rejection in reject}
-        budget = Budget(view, max_rows=self.options.max_rows + self.options.max_extra_rows)
+        budget = Budget(view, max_rows=self._row_cap + self.options.extra_rows(self._row_cap))
         batch: list[tuple[RequestView, int]] = []
         in_batch: set[str] = set()
         preempt: list[RequestView] = []
@@ -290,6 +292,7 @@ class SlicePolicy(SliceIteration, Policy):
         return {
             "selected": {r.request_id: v for r, v in self._rows},
             "width": self._width,
+            "row_cap": self._row_cap,
             "period_used_ms": round(self._period_used_ms, 3),
             "triaged": len(self._triaged),
             "best_effort": len(self._extras),

@@ -37,6 +37,7 @@ class SliceIteration:
     _credit: dict[str, int]
     _prefills: list[RequestView]
     _extras: list[RequestView]
+    _row_cap: int  # the selection's row cap (SliceOptions.max_rows, or from the device)
     _triaged: dict[str, RequestView]
     _triaged_order: list[RequestView]
     # Per-iteration time (ms) the plan leaves: prompt time, the spare share of the period, a
@@ -174,7 +175,7 @@ class SliceIteration:
                 return  # a selected first token is on its way: nothing may delay it
             allowance_ms = min(self._bucket_ms, self._rows_lead_ms(now_s))
         rows = len(batch)
-        extras_left = opts.max_extra_rows
+        extras_left = opts.extra_rows(self._row_cap)
         chunk_left = opts.prefill_chunk_tokens or budget.tokens_left
         if opts.prefill_chunk_tokens is None:  # in time: at most a period's worth
             allowance_ms = min(allowance_ms, self.period_ms * opts.max_prefill_ratio)

@@ -54,6 +54,13 @@ option:
   below this (off at 0), so that triaged work does not outlive the traffic.
 - best_effort_share: when requests are left out, this share of the period is kept for them
   (the selection leaves it free), so triaged requests finish even under sustained overload.
+- max_rows null (device-relative row cap): the selection takes at most as many rows as keep
+  the predicted decode step within `row_tpot_share` (0.9) of the tightest TPOT the policy has
+  been given (at least 2, at most max_num_seqs), so that the tightest row keeps a tenth of its
+  TPOT for prompt chunks and prediction error: 17 rows on this project's SmolLM2 CPU profile
+  on `edge` (the paper's 16), 32 on vLLM's CPU build (0.74 ms a row of a 33.6 ms step), 2 on
+  the slow AVX2 profile (25 ms a row). `max_extra_rows` null: as many as that cap. Measured in
+  docs/BENCHMARKS.md ("SLICE inside vLLM": the row cap); an integer is a fixed cap.
 """
 
 from __future__ import annotations
@@ -67,7 +74,12 @@ from sliceserve.policies.base import PolicyOptions
 @dataclass(frozen=True)
 class SliceOptions(PolicyOptions):
     period_ratio: float = 1.0  # P = 1 s x period_ratio
-    max_rows: int = 16  # selected rows (the paper's cap)
+    # Selected rows. None (the default): derived from the device, the most rows whose decode
+    # step the latency model predicts within `row_tpot_share` of the tightest TPOT among the
+    # candidates (at least 1, at most the scheduler's max_num_seqs; re-derived as the model
+    # is corrected). An integer: a fixed cap (16 is the paper's).
+    max_rows: int | None = None
+    row_tpot_share: float = 0.9
     spread_mask: bool = True
     prefill_aware: bool = True
     ttft_urgency: bool = True
@@ -102,7 +114,8 @@ class SliceOptions(PolicyOptions):
     # outranks by this factor: a new control request (utility 100) is not put behind a chat
     # reply (utility 1) that already streams. math.inf: every urgent request first.
     defer_rank_ratio: float = 10.0
-    max_extra_rows: int = 16  # unselected rows added to one iteration
+    # Unselected rows added to one iteration; None: as many as the selection's cap.
+    max_extra_rows: int | None = None
     replan_interval_ratio: float = 0.25  # re-plan at least this often (x P)
     reject_infeasible: bool = False  # triaged requests are rejected instead of kept
     # A triaged request (a lost cause) is rejected once its Andes QoE, were it served from
@@ -127,8 +140,11 @@ class SliceOptions(PolicyOptions):
         if not self.period_ratio > 0:
             raise ValueError("period_ratio must be > 0")
         for name in ("max_rows", "max_extra_rows"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
+            rows = getattr(self, name)
+            if rows is not None and (type(rows) is not int or rows < 1):
+                raise ValueError(f"{name} must be an integer >= 1 or null (from the device)")
+        if not 0 < self.row_tpot_share <= 1:
+            raise ValueError("row_tpot_share must be in (0, 1]")
         chunk = self.prefill_chunk_tokens
         if chunk is not None and (type(chunk) is not int or chunk < 1):
             raise ValueError("prefill_chunk_tokens must be an integer >= 1 or null (by time)")
@@ -151,3 +167,7 @@ class SliceOptions(PolicyOptions):
             raise ValueError("defer_rank_ratio must be >= 1 (inf: never)")
         if self.replan_interval_ratio <= 0:
             raise ValueError("replan_interval_ratio must be > 0")
+
+    def extra_rows(self, rows: int) -> int:
+        """Unselected rows an iteration may add when the selection's cap is `rows`."""
+        return rows if self.max_extra_rows is None else self.max_extra_rows

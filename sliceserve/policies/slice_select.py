@@ -56,8 +56,31 @@ class Selector:
         self.period_ms = 1000.0 * options.period_ratio
         self._l = latency_model.decode_latency_ms
         self._max_rate = max(1, int(self.period_ms // self._l(1)))
-        rows = options.max_rows + options.max_extra_rows
+        cap = options.max_rows or config.max_num_seqs
+        rows = cap + options.extra_rows(cap)
         self._min_step_ms = max(0.0, min(self._l(k + 1) - self._l(k) for k in range(1, rows + 1)))
+        self._rows_within: dict[float, int] = {}
+
+    def row_cap(self, tightest_tpot_ms: float) -> int:
+        """The most rows the selection may take: `max_rows`, or (None) the most rows whose
+        decode step stays within `row_tpot_share` of the tightest TPOT served."""
+        if self.options.max_rows is not None:
+            return self.options.max_rows
+        return self.rows_within(self.options.row_tpot_share * tightest_tpot_ms)
+
+    def rows_within(self, step_ms: float) -> int:
+        """The most rows k with the decode steps of 2..k rows predicted within `step_ms`, at
+        least 2 (a cap of one row would leave every other request to leftovers, even those
+        whose laxer TPOTs a shared step keeps) and at most max_num_seqs."""
+        k = self._rows_within.get(step_ms)
+        if k is None:
+            k, limit = min(2, self.config.max_num_seqs), self.config.max_num_seqs
+            while k < limit and self._l(k + 1) <= step_ms:
+                k += 1
+            if len(self._rows_within) >= 64:  # e.g. TPOTs drawn from a range
+                self._rows_within.clear()
+            self._rows_within[step_ms] = k
+        return k
 
     def assess(self, r: RequestView, now_s: float) -> Candidate:
         """Rate, tier and rank of a candidate, and whether its SLO can still be met."""
@@ -119,7 +142,7 @@ class Selector:
                          period_charge, mask_rate)
 
     def select(self, candidates: list[Candidate], budget_ms: float,
-               credit: Mapping[str, int], now_s: float) -> list[Candidate]:
+               credit: Mapping[str, int], now_s: float, max_rows: int) -> list[Candidate]:
         opts = self.options
         chosen: list[Candidate] = []
         counts: list[int] = []
@@ -134,7 +157,7 @@ class Selector:
         # charge at that rate fails too, until a row is accepted.
         failed_charge: dict[int, float] = {}
         for c in candidates:
-            if len(chosen) >= opts.max_rows:
+            if len(chosen) >= max_rows:
                 break
             charge = c.period_charge_ms if opts.prefill_aware else 0.0
             new_row = c.request.request_id not in credit or not opts.spread_mask
