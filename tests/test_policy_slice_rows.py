@@ -1,7 +1,7 @@
-"""SLICE's row cap, device-relative by default (`max_rows` null): the most rows whose predicted
-decode step stays within `row_tpot_share` (0.9) of the tightest TPOT the policy has been given,
-at least 2, at most the scheduler's max_num_seqs; an integer stays a fixed cap (16: the
-paper's). Hand-made latency models, the simulator's virtual clock."""
+"""SLICE's row cap: fixed (16 by default, the paper's) or device-relative (`max_rows` null): the
+most rows whose predicted decode step stays within `row_tpot_share` (0.9) of the tightest TPOT
+the policy has been given, at least 2, at most the scheduler's max_num_seqs. Hand-made latency
+models, the simulator's virtual clock."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from sliceserve.sim.sim_executor import SimExecutor
 from sliceserve.sim.simulator import simulate
 
 CONFIG = SchedulerConfig.for_capacity(65536)
+DERIVED = {"max_rows": None, "max_extra_rows": None}
 
 
 def linear(l1_ms: float, per_row_ms: float) -> LatencyModel:
@@ -30,7 +31,7 @@ def linear(l1_ms: float, per_row_ms: float) -> LatencyModel:
 
 def selector(model: LatencyModel, config: SchedulerConfig = CONFIG, **options: object
              ) -> Selector:
-    return Selector(SliceOptions(**options), model, config)  # type: ignore[arg-type]
+    return Selector(SliceOptions(**{**DERIVED, **options}), model, config)  # type: ignore[arg-type]
 
 
 def test_the_cap_is_where_the_step_reaches_the_share_of_the_tightest_tpot() -> None:
@@ -63,8 +64,8 @@ def test_the_cap_is_at_least_two_rows_and_at_most_max_num_seqs() -> None:
 def test_an_integer_is_a_fixed_cap() -> None:
     for tpot in (5.0, 20.0, float("inf")):
         assert selector(linear(10.0, 1.0), max_rows=16).row_cap(tpot) == 16
-    opts = SliceOptions(max_rows=16)
-    assert opts.extra_rows(16) == 16  # max_extra_rows null: as many as the selection's cap
+    assert SliceOptions().max_rows == SliceOptions().max_extra_rows == 16  # the defaults
+    assert SliceOptions(max_extra_rows=None).extra_rows(30) == 30  # as many as the cap
     assert SliceOptions(max_extra_rows=4).extra_rows(30) == 4
 
 
@@ -84,7 +85,7 @@ def request(rid: str, arrival_s: float, out: int, tpot_ms: float) -> Request:
 def run(requests: list[Request], model: LatencyModel, **options: object
         ) -> tuple[list[int], list[int], list[int]]:
     """Per iteration: its rows, the policy's row cap and how many rows it has selected."""
-    policy = make_policy("slice", model, CONFIG, dict(options))
+    policy = make_policy("slice", model, CONFIG, {**DERIVED, **options})
     rows: list[int] = []
     caps: list[int] = []
     selected: list[int] = []

@@ -54,13 +54,15 @@ option:
   below this (off at 0), so that triaged work does not outlive the traffic.
 - best_effort_share: when requests are left out, this share of the period is kept for them
   (the selection leaves it free), so triaged requests finish even under sustained overload.
-- max_rows null (device-relative row cap): the selection takes at most as many rows as keep
-  the predicted decode step within `row_tpot_share` (0.9) of the tightest TPOT the policy has
-  been given (at least 2, at most max_num_seqs), so that the tightest row keeps a tenth of its
-  TPOT for prompt chunks and prediction error: 17 rows on this project's SmolLM2 CPU profile
-  on `edge` (the paper's 16), 32 on vLLM's CPU build (0.74 ms a row of a 33.6 ms step), 2 on
-  the slow AVX2 profile (25 ms a row). `max_extra_rows` null: as many as that cap. Measured in
-  docs/BENCHMARKS.md ("SLICE inside vLLM": the row cap); an integer is a fixed cap.
+- max_rows: the paper's fixed cap of 16 selected rows by default. `null` makes it
+  device-relative: the selection takes at most as many rows as keep the predicted decode step
+  within `row_tpot_share` (0.9) of the tightest TPOT the policy has been given (at least 2, at
+  most max_num_seqs), so that the tightest row keeps a tenth of its TPOT for prompt chunks and
+  prediction error: 17 rows on this project's SmolLM2 CPU profile on `edge`, 32 on vLLM's CPU
+  build (0.74 ms a row of a 33.6 ms step; the plug-in's recommended setting), 2 on the slow
+  AVX2 profile (25 ms a row). `max_extra_rows` null: as many as that cap. Measured in
+  docs/BENCHMARKS.md ("SLICE inside vLLM", the row cap): better SLO attainment, but less
+  utility under sustained overload than 16, so not the default.
 """
 
 from __future__ import annotations
@@ -74,11 +76,12 @@ from sliceserve.policies.base import PolicyOptions
 @dataclass(frozen=True)
 class SliceOptions(PolicyOptions):
     period_ratio: float = 1.0  # P = 1 s x period_ratio
-    # Selected rows. None (the default): derived from the device, the most rows whose decode
-    # step the latency model predicts within `row_tpot_share` of the tightest TPOT among the
-    # candidates (at least 1, at most the scheduler's max_num_seqs; re-derived as the model
-    # is corrected). An integer: a fixed cap (16 is the paper's).
-    max_rows: int | None = None
+    # Selected rows: a fixed cap (16, the paper's, the default), or None: derived from the
+    # device, the most rows whose decode step the latency model predicts within
+    # `row_tpot_share` of the tightest TPOT the policy has been given (at least 2, at most the
+    # scheduler's max_num_seqs; re-derived as the model is corrected). Not the default: in
+    # simulation it costs utility under sustained 3x overload (docs/BENCHMARKS.md).
+    max_rows: int | None = 16
     row_tpot_share: float = 0.9
     spread_mask: bool = True
     prefill_aware: bool = True
@@ -115,7 +118,7 @@ class SliceOptions(PolicyOptions):
     # reply (utility 1) that already streams. math.inf: every urgent request first.
     defer_rank_ratio: float = 10.0
     # Unselected rows added to one iteration; None: as many as the selection's cap.
-    max_extra_rows: int | None = None
+    max_extra_rows: int | None = 16
     replan_interval_ratio: float = 0.25  # re-plan at least this often (x P)
     reject_infeasible: bool = False  # triaged requests are rejected instead of kept
     # A triaged request (a lost cause) is rejected once its Andes QoE, were it served from
