@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sliceserve.bench.machine import cpu_info
 from sliceserve.latency_model import LatencyModel
 from sliceserve.metrics.results import load_results, write_results
 from sliceserve.policies.slice_options import SliceOptions
@@ -84,16 +85,6 @@ def derived_cap(device: LatencyModel, tightest_tpot_ms: float, options: dict[str
     return selector.row_cap(tightest_tpot_ms)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 def run(scenario: str, seeds: list[int], n: int, variants: list[str]) -> list[dict[str, Any]]:
     device, slo_model = models(scenario)
     workload = scenario.split(":")[1]
@@ -110,7 +101,7 @@ def run(scenario: str, seeds: list[int], n: int, variants: list[str]) -> list[di
                 result["rows_experiment"] = {"scenario": scenario, "point": label,
                                              "variant": variant, "derived_cap": cap,
                                              "slo_latency_model": slo_model.name,
-                                             "ran_on": cpu_name()}
+                                             "ran_on": cpu_info()["cpu"]}
                 runs.append(result)
         print(f"{scenario} {label}: done", file=sys.stderr, flush=True)
     return runs
