@@ -330,8 +330,9 @@ def test_the_key_tells_the_compiled_kernels_from_the_pytorch_path(tiny_folder: P
 def test_the_key_knows_the_cpu_and_the_kernels_vector_path(
         tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A profile measured on one CPU model or flag set is never another's: a CPU faked to
-    lack AVX-512 (or, on an AVX2-only CPU, to have it; same model name), or another model name, gets another key and file, and
-    finds nothing cached; a build of the kernels for another vector path too."""
+    lack AVX-512 (or, on an AVX2-only CPU, to have it; same model name), or another model
+    name, gets another key and file, and finds nothing cached; a build of the kernels for
+    another vector path too."""
     from sliceserve.model import cpu as cpu_module
     from sliceserve.model.kernels import cpu_kernels
 
