@@ -101,3 +101,8 @@ def test_no_one_token_chunks_behind_an_overdue_prompt() -> None:
 def test_overdue_prefill_ratio_is_validated(bad: float) -> None:
     with pytest.raises(ValueError, match="overdue_prefill_ratio"):
         make_policy("slice", SLOW, CONFIG, {"overdue_prefill_ratio": bad})
+
+
+def test_first_token_edf_periods_is_validated() -> None:
+    with pytest.raises(ValueError, match="first_token_edf_periods"):
+        make_policy("slice", SLOW, CONFIG, {"first_token_edf_periods": 0})

@@ -164,7 +164,11 @@ class Selector:
             if len(chosen) >= max_rows:
                 break
             charge = c.period_charge_ms if opts.prefill_aware else 0.0
-            first_prompt = edf and bool(c.prefill_tokens) and c.request.first_token_s is None
+            # first_token_edf: a prompt longer than a chunk, due within a few periods.
+            first_prompt = (edf and bool(c.prefill_tokens) and c.request.first_token_s is None
+                            and c.charge_ms > self.period_ms * opts.max_prefill_ratio
+                            and (c.request.ttft_deadline_s - now_s) * 1000.0
+                            <= opts.first_token_edf_periods * self.period_ms)
             if first_prompt:
                 charge = 0.0  # its prompt is checked against its deadline instead, below
             # Exact only per (rate, whether the row has columns): mask_rate 0 adds none.
