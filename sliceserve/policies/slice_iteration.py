@@ -82,11 +82,21 @@ class SliceIteration:
         column_ms = max(self._column_ms, self._l(1))
         lm = self._lm
         done_ms = overdue_ms = 0.0
+        row_ms = self._l(2) - self._l(1)
+        chunk_ms = 0.0
+        if self.options.overdue_prefill_ratio is not None:
+            # Each chunk of at most max_prefill_ratio x P pays its row's decode slot: a whole
+            # l(1) when nothing decodes beside it.
+            chunk_ms = self.period_ms * self.options.max_prefill_ratio
+            if self._rows_lead_ms(now_s) == math.inf:
+                row_ms = self._l(1)
         for r in self._prefills:
             todo = tokens_to_compute(r)
             if todo <= 1 or r.first_token_s is not None:
                 continue
-            done_ms += lm.chunk_extra_ms(todo, r.num_computed_tokens) + self._l(2) - self._l(1)
+            extra_ms = lm.chunk_extra_ms(todo, r.num_computed_tokens)
+            chunks = math.ceil(extra_ms / max(chunk_ms - row_ms, 1e-9)) if chunk_ms else 1
+            done_ms += extra_ms + max(chunks, 1) * row_ms
             left_ms = max(0.0, (r.ttft_deadline_s - now_s) * 1000.0 - column_ms)
             if done_ms > left_ms * share:
                 overdue_ms = done_ms
@@ -113,6 +123,9 @@ class SliceIteration:
             overdue = overdue_ms > 0
             ms_left = min(cap_ms, max(self._prompt_bank_ms, self.prompt_time_ms(num_rows, now_s),
                                       overdue_ms))
+            overdue_ratio = self.options.overdue_prefill_ratio
+            if overdue and overdue_ratio is not None:  # a prompt would be late: longer chunks
+                ms_left = max(ms_left, min(overdue_ms, self.period_ms * overdue_ratio))
         spent_ms = 0.0
         lm = self._lm
         for r in self._prefills:
@@ -124,8 +137,12 @@ class SliceIteration:
                 row_ms = (self._l(num_rows + 1) - self._l(num_rows)
                           + lm.context_ms_per_token * cached)
                 rest_ms = lm.chunk_extra_ms(todo, cached)
-                if ms_left - row_ms < min(row_ms, rest_ms) and num_rows and not overdue:
-                    break  # too little yet: bank it for a worthwhile chunk
+                # Too little yet: bank it for a worthwhile chunk. An overdue prompt runs
+                # regardless, but the prompts after it wait for a worthwhile chunk too (a
+                # one-token chunk costs its row a whole decode slot).
+                if (ms_left - row_ms < min(row_ms, rest_ms) and num_rows
+                        and (not overdue or spent_ms > 0)):
+                    break
                 n = min(todo, budget.tokens_left,
                         lm.chunk_tokens_within(max(ms_left - row_ms, 0.0), cached))
             else:

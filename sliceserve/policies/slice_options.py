@@ -27,6 +27,23 @@ option:
   (`prefill_pacing="period"`, `prefill_chunk_tokens=512`) remain for the ablation.
 - prefill_then_decode: a request whose prompt takes more than a period does not decode in
   this one, so its decode iterations are not charged to this period's mask.
+- first_token_edf (off by default; docs/BENCHMARKS.md, issue 11): a prompt before its first
+  token that is longer than a chunk (`max_prefill_ratio` x P) and due within
+  `first_token_edf_periods` periods is not charged to the period; it is taken if every such
+  prompt taken, run earliest deadline first on what the rows decoding now leave of the
+  period (a prompt done starts decoding and takes its share from those after it), is ready
+  by its deadline, the first part of that work on the whole device for as long as the
+  decoding rows are ahead of their schedules (their lead). Its decode row is charged to the
+  mask as always. On a slow device whose prompts take about a period (paper workload, AVX2
+  profile) the period test otherwise turns away a prompt beside a row that runs far ahead
+  of its TPOT, and a later arrival due first displaces a half-done prompt. Applied to every
+  first-token prompt it costs much attainment on `edge` (prompts admitted on what the
+  decoding rows leave crowd the rows that start decoding); scoped so, less, but still some
+  on the slow profile, so it is not the default.
+- overdue_prefill_ratio (off by default, null): a prompt that would miss its first-token
+  deadline, counting the decode slot each of its chunks pays (a whole l(1) when nothing else
+  runs: 13% of a 0.3 s chunk on the slow profile), gets chunks of up to this x P instead of
+  `max_prefill_ratio` x P. Measured with first_token_edf at 2.0.
 - defer_rank_ratio: a request that may wait (ttft_urgency) still goes before urgent ones it
   outranks by this factor: on a slow device, a control request's TTFT is several seconds away
   at arrival, and it must not queue behind chat replies that already stream.
@@ -105,6 +122,18 @@ class SliceOptions(PolicyOptions):
     # whatever they cost (the previous default, 512, is 7.6 s on a CPU without AVX-512).
     prefill_chunk_tokens: int | None = None
     max_prefill_ratio: float = 0.3
+    # A prompt that would miss its first-token deadline (counting the decode slot each of its
+    # chunks pays, a whole l(1) when nothing else runs) gets chunks of up to this x P instead
+    # of max_prefill_ratio x P. None: max_prefill_ratio, and chunks' slots are not counted.
+    overdue_prefill_ratio: float | None = None
+    # A prompt before its first token is not charged to the period: the selection takes it
+    # if the prompts taken, earliest first-token deadline first, are all ready in time on
+    # what the rows that decode now leave (all of the device for as long as those rows are
+    # ahead of their schedules); its decode row is charged to the mask as before.
+    first_token_edf: bool = False
+    # ... for the prompts longer than a chunk (max_prefill_ratio x P) whose first token is due
+    # within this many periods; the others are charged to the period as before.
+    first_token_edf_periods: float = 2.5
     # How a pending prefill is charged to the period: "deadline", the share of it this period
     # must run for the prompt to finish by its first-token deadline (device-relative: a 2 s
     # prompt due in 6 s takes a third of each period); "period", all of it in this period
@@ -153,6 +182,11 @@ class SliceOptions(PolicyOptions):
             raise ValueError("prefill_chunk_tokens must be an integer >= 1 or null (by time)")
         if not 0 < self.max_prefill_ratio <= 10:
             raise ValueError("max_prefill_ratio must be in (0, 10]")
+        if not self.first_token_edf_periods > 0:
+            raise ValueError("first_token_edf_periods must be > 0")
+        ratio = self.overdue_prefill_ratio
+        if ratio is not None and not 0 < ratio <= 10:
+            raise ValueError("overdue_prefill_ratio must be in (0, 10] or null")
         if self.prefill_pacing not in ("deadline", "period"):
             raise ValueError("prefill_pacing must be 'deadline' or 'period'")
         if not 0 <= self.lost_cause_min_qoe <= 1:

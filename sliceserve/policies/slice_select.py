@@ -155,17 +155,30 @@ class Selector:
         # Exact pruning of the period test: a new row's columns depend only on its rate and
         # the width, so once a rate failed with some prefill charge, any equal or larger
         # charge at that rate fails too, until a row is accepted.
-        failed_charge: dict[int, float] = {}
+        failed_charge: dict[tuple[int, int], float] = {}
+        edf = opts.first_token_edf and opts.prefill_aware
+        decoding: list[Candidate] = []  # chosen rows that decode now (first_token_edf)
+        lead_ms = math.inf  # how long they may all pause (first_token_edf)
+        prompts: list[Candidate] = []  # the first-token prompts taken (first_token_edf)
         for c in candidates:
             if len(chosen) >= max_rows:
                 break
             charge = c.period_charge_ms if opts.prefill_aware else 0.0
+            # first_token_edf: a prompt longer than a chunk, due within a few periods.
+            first_prompt = (edf and bool(c.prefill_tokens) and c.request.first_token_s is None
+                            and c.charge_ms > self.period_ms * opts.max_prefill_ratio
+                            and (c.request.ttft_deadline_s - now_s) * 1000.0
+                            <= opts.first_token_edf_periods * self.period_ms)
+            if first_prompt:
+                charge = 0.0  # its prompt is checked against its deadline instead, below
+            # Exact only per (rate, whether the row has columns): mask_rate 0 adds none.
+            key = (c.rate, bool(c.mask_rate)) if edf else (c.rate, 1)
             new_row = c.request.request_id not in credit or not opts.spread_mask
             fits = not opts.memory_aware or blocks + c.lifetime_blocks <= total_blocks
             if fits and c.rate <= width:  # a lower bound: every one of its ones costs >= step
                 fits = (t_now_ms + c.mask_rate * self._min_step_ms + charges_ms + charge
                         <= budget_ms)
-            if fits and new_row and charge >= failed_charge.get(c.rate, math.inf):
+            if fits and new_row and charge >= failed_charge.get(key, math.inf):
                 fits = False
             if fits:
                 new_width = max(width, c.rate)
@@ -174,9 +187,13 @@ class Selector:
                 t_ms = period_ms(new_counts, self._l)
                 fits = t_ms + charges_ms + charge <= budget_ms
                 if not fits and new_row:
-                    failed_charge[c.rate] = min(charge, failed_charge.get(c.rate, math.inf))
+                    failed_charge[key] = min(charge, failed_charge.get(key, math.inf))
             if fits and opts.prefill_aware and c.prefill_tokens:
-                fits = self.ttft_holds(pending, c, t_ms, new_width, budget_ms, now_s)
+                if first_prompt:
+                    fits = self.first_tokens_hold(decoding, prompts, c, new_width, credit,
+                                                  budget_ms - charges_ms, now_s, lead_ms)
+                else:
+                    fits = self.ttft_holds(pending, c, t_ms, new_width, budget_ms, now_s)
             if not fits:
                 if opts.skip_and_continue:
                     continue
@@ -186,8 +203,17 @@ class Selector:
             failed_charge.clear()
             blocks += c.lifetime_blocks
             if c.prefill_tokens:
-                charges_ms += c.period_charge_ms
+                if first_prompt:
+                    prompts.append(c)
+                else:
+                    charges_ms += c.period_charge_ms
                 pending.append(self.pending(c))
+            elif edf and c.request.first_token_s is not None:
+                decoding.append(c)
+                r = c.request
+                due_ms = ((r.first_token_s - now_s) * 1000.0  # type: ignore[operator]
+                          + (r.num_output_tokens - opts.prefill_lead_guard_tpots) * r.slo.tpot_ms)
+                lead_ms = min(lead_ms, max(0.0, due_ms))
         return chosen
 
     def pending(self, c: Candidate) -> Pending:
@@ -219,6 +245,31 @@ class Selector:
                 ready_ms = t_ms / share + column_ms
             if now_s + ready_ms / 1e3 > p.deadline_s:
                 return False
+        return True
+
+    def first_tokens_hold(self, decoding: list[Candidate], prompts: list[Candidate],
+                          c: Candidate, width: int, credit: Mapping[str, int], budget_ms: float,
+                          now_s: float, lead_ms: float) -> bool:
+        """`first_token_edf`: the first-token prompts taken and `c`, run earliest deadline
+        first on what the rows that decode leave of the period, all ready in time. A prompt
+        done starts decoding: the prompts after it get what the rows then leave. The first
+        `lead_ms` of prompt work (the decoding rows' lead on their schedules) take the whole
+        device."""
+        queue = sorted([*prompts, c], key=lambda p: p.request.ttft_deadline_s)
+        rows = list(decoding)
+        t_ms = 0.0
+        for p in queue:
+            mask_ms = period_ms(self.columns(rows, width, credit), self._l) if rows else 0.0
+            share = 1.0 - mask_ms / budget_ms if rows else 1.0
+            if share <= 0:
+                return False
+            work_ms = p.charge_ms
+            ahead_ms = min(work_ms, max(0.0, lead_ms - t_ms))
+            t_ms += ahead_ms + (work_ms - ahead_ms) / share
+            column_ms = max(mask_ms / max(width, 1), self._l(1))
+            if now_s + (t_ms + column_ms) / 1e3 > p.request.ttft_deadline_s:
+                return False
+            rows.append(p)
         return True
 
     def row_columns(self, c: Candidate, width: int, credit: Mapping[str, int]) -> Iterable[int]:
