@@ -167,7 +167,8 @@ def test_run_can_profile_in_its_own_process_first(
     code, _, err = run_cli(capsys, "run", "-w", workload_file, "-p", "vllm", "-n", "3",
                            "--rate", "50", "--model", tiny_folder, "--dtype", "float32",
                            "--kv-cache-gb", "0.05", "--no-table", "--profile-out", profile,
-                           "--calibrated-out", tmp_path / "cal.json", "--out", out)
+                           "--calibrated-out", tmp_path / "cal.json", "--out", out,
+                           "--iterations-out", tmp_path / "its.jsonl")
     assert code == 0, err
     from sliceserve.latency_model import LatencyModel
 
@@ -180,6 +181,11 @@ def test_run_can_profile_in_its_own_process_first(
     calibrated = LatencyModel.load(str(tmp_path / "cal.json"))
     assert calibrated.name == model.name + "+calibrated" and "live iterations" in calibrated.notes
     assert "measured / predicted" in err and '"decode_iterations"' in err
+    # Every iteration it ran, with the runner's own split of forward pass and sampling.
+    its = [json.loads(line) for line in (tmp_path / "its.jsonl").read_text().splitlines()]
+    assert its and its[0]["start_s"] == 0.0 and its[-1]["start_s"] > 0
+    assert all(0 < it["forward_ms"] + it["sample_ms"] <= it["measured_ms"] for it in its)
+    assert sum(it["new_tokens"] for it in its) >= 3
 
 
 def test_run_loads_the_model_once_and_warms_it_up_once(

@@ -12,8 +12,10 @@ shared CPU it drifts by 5-10% between minutes).
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sliceserve.core.plan import ExecuteResult, Plan
@@ -30,6 +32,9 @@ class Iteration:
     measured_ms: float
     gap_ms: float = 0.0  # wall time since the previous iteration ended (engine work, idling)
     rows_changed: bool = True  # its requests differ from the previous iteration's
+    start_s: float = 0.0  # since the recorder's first iteration
+    forward_ms: float | None = None  # the model's forward pass alone, where the executor says
+    sample_ms: float | None = None  # sampling alone, where the executor says
 
 
 @dataclass
@@ -41,21 +46,41 @@ class IterationRecorder:
     iterations: list[Iteration] = field(default_factory=list)
     _last_end_s: float | None = None
     _last_ids: frozenset[str] = frozenset()
+    _first_s: float | None = None
 
     def execute(self, plan: Plan) -> ExecuteResult:
+        stats = getattr(self.executor, "stats", None)  # the PyTorch runner's RunnerStats
+        before = (stats.forward_s, stats.sample_s) if stats is not None else None
         start = time.perf_counter()
         result = self.executor.execute(plan)
         if plan.chunks:
+            if self._first_s is None:
+                self._first_s = start
             ids = frozenset(c.request.request_id for c in plan.chunks)
             gap_ms = 0.0 if self._last_end_s is None else (start - self._last_end_s) * 1000.0
+            forward_ms = sample_ms = None
+            if before is not None:
+                forward_ms = (stats.forward_s - before[0]) * 1000.0
+                sample_ms = (stats.sample_s - before[1]) * 1000.0
             self.iterations.append(Iteration(*plan.shape(), result.duration_s * 1000.0,
-                                             gap_ms, ids != self._last_ids))
+                                             gap_ms, ids != self._last_ids,
+                                             start - self._first_s, forward_ms, sample_ms))
             self._last_ids = ids
         self._last_end_s = time.perf_counter()
         return result
 
 
 GAP_BUCKETS_MS = (2.0, 20.0)  # engine work only / short idling / long idling
+
+
+def write_iterations(path: str | Path, iterations: list[Iteration]) -> Path:
+    """One JSON object per iteration (JSON Lines), in the order they ran."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for it in iterations:
+            f.write(json.dumps(asdict(it)) + "\n")
+    return path
 
 
 def pacing_report(model: LatencyModel, iterations: list[Iteration]) -> dict[str, Any]:

@@ -156,6 +156,9 @@ def run(
     calibrated_out: Annotated[Path | None, typer.Option(
         help="also write the latency model rescaled to this run's measured iterations "
         "(JSON), and print how well the model predicted them")] = None,
+    iterations_out: Annotated[Path | None, typer.Option(
+        help="write every executed iteration (shape, measured ms, the pause before it) as "
+        "JSON Lines")] = None,
     online_latency: OnlineLatencyOpt = True,
     table: TableOpt = True,
     backend: BackendOpt = "torch",
@@ -254,6 +257,10 @@ def run(
         _write(calibrated_out, report.latency_model_json(calibrated))
         print(f"latency model vs this run's iterations (measured / predicted): "
               f"{json.dumps(fit)}", file=sys.stderr)
+    if iterations_out is not None:
+        from sliceserve.bench.calibrate import write_iterations
+
+        write_iterations(iterations_out, recorder.iterations)
     if table:
         _console().print(run_table(result))
         _console().print(home_metrics_table(result))
