@@ -121,3 +121,31 @@ def test_seeds_are_summarized_by_median_and_range(tmp_path: Path) -> None:
     single = plot_runs(runs, tmp_path / "single.png")
     both = plot_runs([*runs, *(dict(r, rate_rps=1.2) for r in runs)], tmp_path / "rates.png")
     assert single.stat().st_size > 10_000 and both.stat().st_size > 10_000
+
+
+def test_capacity_experiment_script_writes_every_probe_and_reports_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "capacity_experiment.py"
+    spec = importlib.util.spec_from_file_location("capacity_experiment", path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "cap"
+    args = ["--scenario", "edge:paper", "--policies", "vllm,slice", "--metrics",
+            "slo_attainment", "--steps", "2", "--seeds", "0", "--num-requests", "40",
+            "--out", str(out)]
+    assert script.main(args) == 0
+    results = json.loads((out / "capacity.json").read_text())["results"]
+    assert [r["policy"] for r in results] == ["vllm", "slice"]
+    for r in results:  # both ends checked, then two halvings unless an end decided it
+        assert len(r["probes"]) in (1, 2, 4)
+        low, high = r["bracket_multiple"]
+        if r["capacity_multiple"] is not None:
+            assert low == r["capacity_multiple"] < high
+            assert r["capacity_rps"] == pytest.approx(low * r["saturation_rps"])
+    printed = capsys.readouterr().out
+    assert script.main([*args, "--report"]) == 0
+    assert capsys.readouterr().out.strip() == printed.strip()
+    assert "SLICE over the best SOTA baseline" not in printed  # no SOTA baseline was run
