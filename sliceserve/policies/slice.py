@@ -266,6 +266,8 @@ class SlicePolicy(SliceIteration, Policy):
         self._run_mask(add)
         self._run_prefills(add, budget, len(batch), view.now_s)
         self._run_extras(add, budget, batch, view.now_s)
+        if self.options.decode_ahead:
+            self._run_ahead(add, budget, batch, view.now_s)
         if not batch:  # never idle while something can run
             for r in chain((r for r, _ in self._rows), self._extras, self._triaged_order):
                 if add(r, self._idle_chunk(r, budget)):

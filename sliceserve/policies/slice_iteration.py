@@ -224,6 +224,48 @@ class SliceIteration:
         if self._rows:
             self._bucket_ms -= spent_ms
 
+    def _run_ahead(self, add: Add, budget: Budget, batch: list[tuple[RequestView, int]],
+                   now_s: float) -> None:
+        """Selected decoding rows not due in this column, the least ahead first, each
+        charged its marginal latency, while that fits every decoding row's lead (less
+        `extras_guard_tpots`), and only when nothing else waits (no prompt to run, no
+        unselected or triaged request): spare time, which under load there is none of.
+        Their credits are left as they are: the mask's pace is the floor, this is on top."""
+        if (not self._rows or self._extras or self._triaged_order
+                or any(tokens_to_compute(r) > 1 for r in self._prefills)):
+            return  # other work could use the time: only spare time runs rows ahead
+        # At most `decode_ahead_ratio` x a one-row step more: an arrival then waits little
+        # for this iteration, and where batching is dear (a row costs about a step) nothing
+        # runs ahead, since it would only move work, not add any.
+        allowance_ms = min(self._rows_lead_ms(now_s),
+                           self.options.decode_ahead_ratio * self._l(1))
+        if allowance_ms <= 0:
+            return
+        in_batch = {r.request_id for r, _ in batch}
+        waiting = [r for r, _ in self._rows
+                   if r.request_id not in in_batch and tokens_to_compute(r) == 1
+                   and r.first_token_s is not None]
+        if not waiting:
+            return
+
+        def lead_ms(r: RequestView) -> float:
+            assert r.first_token_s is not None
+            return (r.first_token_s - now_s) * 1000.0 + r.num_output_tokens * r.slo.tpot_ms
+
+        waiting.sort(key=lead_ms)
+        rows = len(batch)
+        spent_ms = 0.0
+        for r in waiting:
+            if budget.rows_left <= 0 or budget.tokens_left <= 0:
+                break
+            row_ms = self._l(rows + 1) - self._l(rows) + self._lm.context_ms_per_token * (
+                r.num_computed_tokens)
+            if spent_ms + row_ms > allowance_ms:
+                break
+            if add(r, 1):
+                rows += 1
+                spent_ms += row_ms
+
     def _idle_chunk(self, r: RequestView, budget: Budget) -> int:
         """Tokens `r` computes in an iteration that would otherwise be empty."""
         n = min(tokens_to_compute(r), budget.tokens_left)

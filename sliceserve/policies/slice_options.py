@@ -61,6 +61,14 @@ option:
   token is pending. A feasible request that has not started is never started on leftovers:
   that would start its TPOT clock with no place to keep it. With no row selected, everything
   runs on leftovers.
+- decode_ahead (issue 12, light load): when nothing else waits (no prompt to run, no
+  unselected or triaged request), selected rows whose credit is not due in this column decode
+  too, the least ahead first, each charged its marginal latency, adding at most
+  `decode_ahead_ratio` x a one-row step to the iteration and keeping every decoding row
+  `extras_guard_tpots` ahead. Where batching is cheap (a CPU: a row costs a few percent of a
+  step) rows then stream at the device's speed instead of their SLO's pace at light load;
+  where a row costs about a step (the paper's model) nothing changes, since it would only
+  move work. Credits are untouched: the mask's pace stays the floor.
 - triage: a request whose SLO can no longer be met (TTFT passed without a first token, or
   remaining tokens beyond reach even alone) leaves the selection for good and runs on leftover
   capacity, or is rejected with a reason when `reject_infeasible`.
@@ -112,6 +120,11 @@ class SliceOptions(PolicyOptions):
     aging_time_s: float = 5.0  # waiting this long doubles a request's rank ...
     aging_max_factor: float = 4.0  # ... up to this factor
     best_effort_share: float = 0.02  # of the period, kept for unselected requests
+    # Selected rows whose credit is not due in this column decode too, last, while the
+    # iteration's added time fits the decoding rows' lead (extras_guard_tpots): what the
+    # device would spend on nothing at light load goes to the rows' speed.
+    decode_ahead: bool = True
+    decode_ahead_ratio: float = 0.5  # ... adding at most this x a one-row decode step
     headroom: float = 0.0  # of the period, kept free for latency-prediction error
     # Prompt work per iteration, in time (device-relative): each iteration banks its share of
     # the period's time beyond the mask's decode columns (so every decoding row keeps its
@@ -189,6 +202,8 @@ class SliceOptions(PolicyOptions):
             raise ValueError("overdue_prefill_ratio must be in (0, 10] or null")
         if self.prefill_pacing not in ("deadline", "period"):
             raise ValueError("prefill_pacing must be 'deadline' or 'period'")
+        if not 0 <= self.decode_ahead_ratio <= 10:
+            raise ValueError("decode_ahead_ratio must be in [0, 10]")
         if not 0 <= self.lost_cause_min_qoe <= 1:
             raise ValueError("lost_cause_min_qoe must be in [0, 1]")
         for name in ("best_effort_share", "headroom", "rate_margin"):
