@@ -61,14 +61,17 @@ option:
   token is pending. A feasible request that has not started is never started on leftovers:
   that would start its TPOT clock with no place to keep it. With no row selected, everything
   runs on leftovers.
-- decode_ahead (issue 12, light load): when nothing else waits (no prompt to run, no
+- decode_ahead (off by default; issue 12, light load): when nothing else waits (no prompt to run, no
   unselected or triaged request), selected rows whose credit is not due in this column decode
   too, the least ahead first, each charged its marginal latency, adding at most
   `decode_ahead_ratio` x a one-row step to the iteration and keeping every decoding row
   `extras_guard_tpots` ahead. Where batching is cheap (a CPU: a row costs a few percent of a
   step) rows then stream at the device's speed instead of their SLO's pace at light load;
   where a row costs about a step (the paper's model) nothing changes, since it would only
-  move work. Credits are untouched: the mask's pace stays the floor.
+  move work. Credits are untouched: the mask's pace stays the floor. Simulated it is neutral
+  or better everywhere; live on the Zen 5 EPYC at load 0.3 it lowered TPOT p90 and raised
+  utility but cost TTFT and the navigation class (the extra rows cost more live than the
+  profile says), so it is not the default (docs/BENCHMARKS.md).
 - triage: a request whose SLO can no longer be met (TTFT passed without a first token, or
   remaining tokens beyond reach even alone) leaves the selection for good and runs on leftover
   capacity, or is rejected with a reason when `reject_infeasible`.
@@ -123,7 +126,7 @@ class SliceOptions(PolicyOptions):
     # Selected rows whose credit is not due in this column decode too, last, while the
     # iteration's added time fits the decoding rows' lead (extras_guard_tpots): what the
     # device would spend on nothing at light load goes to the rows' speed.
-    decode_ahead: bool = True
+    decode_ahead: bool = False
     decode_ahead_ratio: float = 0.5  # ... adding at most this x a one-row decode step
     headroom: float = 0.0  # of the period, kept free for latency-prediction error
     # Prompt work per iteration, in time (device-relative): each iteration banks its share of
