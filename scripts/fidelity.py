@@ -177,6 +177,9 @@ def run_live(args: argparse.Namespace, model_args: list[Any], trace: Path,
                    *(["--latency-model", args.profile] if args.reuse_profile
                      else ["--profile-out", args.profile]),
                    "--calibrated-out", calibrated_path(args.profile),
+                   "--iterations-out", trace.with_name(trace.name.replace(".trace.jsonl",
+                                                                         ".iterations.jsonl")),
+                   *(["--frozen-latency"] if args.frozen_latency else []),
                    "--trace-out", trace, "--out", live_path]
         share = others_cpu_share(lambda: sliceserve(*command))  # noqa: B023 (called at once)
         live_wall_s = time.perf_counter() - started
@@ -191,7 +194,8 @@ def run_live(args: argparse.Namespace, model_args: list[Any], trace: Path,
     return {"workload": args.workload, "policy": args.policy, "rate": rate,
             "num_requests": args.num_requests, "seed": args.seed, "model": args.model,
             "dtype": args.dtype, "threads": args.threads, "device": args.device,
-            "load": args.load, "profile": profile, "live_wall_s": round(live_wall_s, 1),
+            "load": args.load, "profile": profile, "frozen_latency": args.frozen_latency,
+            "live_wall_s": round(live_wall_s, 1),
             "load_average_before_after": [round(load_before, 2), round(load_after, 2)],
             "cpu_count": os.cpu_count(), "live_attempts": attempts}
 
@@ -214,6 +218,9 @@ def main() -> None:
                         "--reuse-profile, reads)")
     parser.add_argument("--reuse-profile", action="store_true",
                         help="run with the --profile file instead of profiling in the run")
+    parser.add_argument("--frozen-latency", action="store_true",
+                        help="the live run plans with the profile as measured, not corrected "
+                        "online (as the simulator does, whose executor charges the profile)")
     parser.add_argument("--out-dir", type=Path, default=REPO / "docs/bench")
     parser.add_argument("--name", default=None, help="default: <workload>_<policy>")
     parser.add_argument("--retries", type=int, default=3,

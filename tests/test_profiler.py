@@ -173,6 +173,26 @@ def test_profile_runner_times_every_shape_that_fits(tiny_folder: Path, tmp_path:
     assert Profile.from_dict(saved["profile"]) == profile and len(saved["fit"]) == 10
 
 
+def test_a_decode_shape_is_timed_once_a_round_over_many_rounds(tiny_folder: Path) -> None:
+    # The machine's speed drifts over seconds: a decode shape's median is over many moments
+    # (one timed step after its warm-up step in each round), not a few steps in a row; the
+    # prompt shapes run in `repeats` of those rounds, spread over them.
+    order: list[str] = []
+    profile = profile_runner(tiny_runner(tiny_folder), batch_sizes=(1, 2), context_lengths=(16,),
+                             prefill_tokens=(8,), prefill_chunks=(), mixed=(), repeats=2,
+                             warmup=1, min_decode_steps=5,
+                             progress=lambda done, total, what: order.append(what))
+    assert len(order) == 5 * 2 * 2 + 1 + 2  # 5 rounds x 2 decode shapes x (warm-up + timed)
+    rounds = [order[i:i + 4] for i in range(0, len(order), 4)]
+    assert rounds[0][:4] == ["decode 1 x ctx 16"] * 2 + ["decode 2 x ctx 16"] * 2
+    assert [p.label() for p in profile.points] == ["decode 1 x ctx 16", "decode 2 x ctx 16",
+                                                    "prefill 8"]
+    assert [len(p.samples_ms) for p in profile.points] == [5, 5, 2]
+    # The prompt shape: its warm-up and first chunk in round 0, its second chunk later.
+    prompt_at = [i for i, what in enumerate(order) if what == "prefill 8"]
+    assert prompt_at[:2] == [4, 5] and prompt_at[2] > len(order) // 2
+
+
 def test_shapes_beyond_the_kv_cache_are_skipped(tiny_folder: Path) -> None:
     runner = tiny_runner(tiny_folder, num_kv_blocks=16)  # 256 tokens
     profile = profile_runner(runner, batch_sizes=(1, 8), context_lengths=(32, 300),

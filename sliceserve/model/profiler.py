@@ -102,20 +102,25 @@ def profile_runner(runner: Runner, *, batch_sizes: Sequence[int] = DEFAULT_BATCH
     prefault_kv_cache(runner)
     runner.execute(_prepared(runner, synthetic_plan(runner, timed[0], rng, "setup")))  # untimed
     samples: list[list[float]] = [[] for _ in timed]
-    # `repeats` rounds over all shapes rather than all of a shape's runs at once: a shared
-    # machine's speed drifts over tens of seconds (other tenants' memory traffic; a decode at
-    # batch 1 streams all the weights; docs/BENCHMARKS.md), and every shape should see the mix
-    # of fast and slow moments. A decode shape takes `warmup` untimed steps and its share of
-    # at least `min_decode_steps` timed ones per round; a prompt shape one fresh chunk.
-    decode_per_round = -(-max(repeats, min_decode_steps) // repeats)
+    # Rounds over all shapes rather than all of a shape's runs at once: a shared machine's
+    # speed drifts over seconds (other tenants' memory traffic; a decode at batch 1 streams
+    # all the weights; docs/BENCHMARKS.md, "Simulator fidelity"), and every shape should see
+    # the mix of fast and slow moments. So a decode shape takes one timed step (after `warmup`
+    # untimed ones) in each of at least `min_decode_steps` rounds, not a few steps in each of
+    # `repeats` rounds: its median is over that many moments, not over two or three. A prompt
+    # shape takes one fresh chunk in `repeats` of the rounds, spread over them.
+    rounds = max(repeats, min_decode_steps)
+    prompt_rounds = {k * rounds // repeats for k in range(repeats)}
     plans = [synthetic_plan(runner, shape, rng, f"s{i}") if not shape.prefill else None
              for i, shape in enumerate(timed)]
-    runs_of = [warmup + (decode_per_round if plan is not None else 1) for plan in plans]
-    total = sum(repeats * runs if plan is not None else warmup + repeats
+    runs_of = [warmup + 1 for _ in plans]
+    total = sum(rounds * runs if plan is not None else warmup + repeats
                 for plan, runs in zip(plans, runs_of))
     done = 0
-    for round_ in range(repeats):
+    for round_ in range(rounds):
         for i, shape in enumerate(timed):
+            if plans[i] is None and round_ not in prompt_rounds:
+                continue
             first = 0 if plans[i] is not None or round_ == 0 else warmup
             for rep in range(first, runs_of[i]):
                 # Decode rows continue step after step (their KV was just read: on a CPU,
