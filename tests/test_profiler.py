@@ -183,8 +183,7 @@ def test_a_decode_shape_is_timed_once_a_round_over_many_rounds(tiny_folder: Path
                              warmup=1, min_decode_steps=5,
                              progress=lambda done, total, what: order.append(what))
     assert len(order) == 5 * 2 * 2 + 1 + 2  # 5 rounds x 2 decode shapes x (warm-up + timed)
-    rounds = [order[i:i + 4] for i in range(0, len(order), 4)]
-    assert rounds[0][:4] == ["decode 1 x ctx 16"] * 2 + ["decode 2 x ctx 16"] * 2
+    assert order[:4] == ["decode 1 x ctx 16"] * 2 + ["decode 2 x ctx 16"] * 2
     assert [p.label() for p in profile.points] == ["decode 1 x ctx 16", "decode 2 x ctx 16",
                                                     "prefill 8"]
     assert [len(p.samples_ms) for p in profile.points] == [5, 5, 2]

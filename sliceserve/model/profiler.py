@@ -79,11 +79,11 @@ def profile_runner(runner: Runner, *, batch_sizes: Sequence[int] = DEFAULT_BATCH
     """Median latency of `runner.execute` for every shape that fits the KV cache.
 
     `prefill_chunks` are (new tokens, tokens already cached) of later prompt chunks. Shapes are
-    measured in `repeats` rounds over all of them. Per round, a decode shape runs its rows for
-    some steps in a row, as a live batch does (at least `min_decode_steps` timed in all); a
-    shape with a prompt chunk gets a fresh one (new token ids, new blocks), as live prefills
-    are new (re-running one plan finds its data in cache and runs faster: measured in
-    docs/BENCHMARKS.md, "Figures behind the code")."""
+    measured in max(`repeats`, `min_decode_steps`) rounds over all of them. Per round, a decode
+    shape runs its rows for `warmup` + 1 steps in a row, as a live batch does, the last one
+    timed; a shape with a prompt chunk gets a fresh one (new token ids, new blocks) in
+    `repeats` of the rounds, as live prefills are new (re-running one plan finds its data in
+    cache and runs faster: measured in docs/BENCHMARKS.md, "Figures behind the code")."""
     if repeats < 1 or warmup < 0:
         raise ProfileError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
     shapes = ([Shape(b, c, 0) for c in context_lengths for b in batch_sizes]
@@ -113,16 +113,15 @@ def profile_runner(runner: Runner, *, batch_sizes: Sequence[int] = DEFAULT_BATCH
     prompt_rounds = {k * rounds // repeats for k in range(repeats)}
     plans = [synthetic_plan(runner, shape, rng, f"s{i}") if not shape.prefill else None
              for i, shape in enumerate(timed)]
-    runs_of = [warmup + 1 for _ in plans]
-    total = sum(rounds * runs if plan is not None else warmup + repeats
-                for plan, runs in zip(plans, runs_of))
+    runs = warmup + 1  # per visit: the untimed steps (a prompt shape: first visit only), one timed
+    total = sum(rounds * runs if plan is not None else warmup + repeats for plan in plans)
     done = 0
     for round_ in range(rounds):
         for i, shape in enumerate(timed):
             if plans[i] is None and round_ not in prompt_rounds:
                 continue
             first = 0 if plans[i] is not None or round_ == 0 else warmup
-            for rep in range(first, runs_of[i]):
+            for rep in range(first, runs):
                 # Decode rows continue step after step (their KV was just read: on a CPU,
                 # small batches find it in cache); a prompt chunk is new every time.
                 plan = _prepared(runner, plans[i]
