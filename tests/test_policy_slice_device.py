@@ -108,3 +108,39 @@ def test_the_slow_device_main_job_serves_control_requests() -> None:
     assert before["classes"]["control"]["slo_attainment"] == 0.0
     assert now["classes"]["control"]["slo_attainment"] >= 0.3
     assert now["summary"]["utility_attainment"] >= 0.25
+
+
+# A fast CPU (the Zen 5 EPYC's SmolLM2 profile, rounded): a 0.3 s chunk is longer than a
+# control request's TTFT slack there.
+FAST = LatencyModel(name="fast-cpu", decode_ms=(13.7, 14.8, 14.8, 14.8, 15.4, 16.3),
+                    decode_slope_ms=0.48, prefill_ms_per_token=0.355,
+                    context_ms_per_token=0.0012, prefill_attention_ms_per_pair=0.00063)
+
+
+def control_during_a_long_prompt(**options: object) -> Request:
+    """A control request (TTFT 3 x (its prefill + l1), TPOT 4 l1) once, then a 1000-token
+    background prompt (about 0.67 s of prefill), and a second control request 50 ms into it."""
+    l1 = FAST.decode_latency_ms(1)
+
+    def control(rid: str, arrival_s: float) -> Request:
+        return request(rid, arrival_s, 64, 16, 3 * (FAST.prefill_ms(64) + l1), 4 * l1,
+                       100.0, "control")
+
+    late = control("control2", 1.05)
+    requests = [control("control1", 0.0),
+                request("bg", 1.0, 1000, 50, 60_000, 200.0, 1.0, "background"), late]
+    simulate(requests, make_policy("slice", FAST, CONFIG, dict(options)), FAST, CONFIG)
+    return late
+
+
+def test_a_control_request_arriving_during_a_long_prompt_is_met() -> None:
+    assert meets(control_during_a_long_prompt())
+    # Chunks capped at max_prefill_ratio x P alone (0.3 s) hold it up past its TTFT.
+    assert not meets(control_during_a_long_prompt(ttft_chunk_share=None))
+
+
+@pytest.mark.parametrize("bad", [{"ttft_chunk_share": 0}, {"ttft_chunk_floor_l1": 0.5},
+                                 {"ttft_chunk_slot_share": 0}])
+def test_bad_chunk_cap_options_are_rejected(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        make_policy("slice", FAST, CONFIG, bad)

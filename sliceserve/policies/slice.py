@@ -70,6 +70,7 @@ class SlicePolicy(SliceIteration, Policy):
         self._extra_ms_per_iter = self._bucket_ms = 0.0
         self._to_reject: list[Rejection] = []
         self._tightest_tpot_ms = math.inf  # of every request given so far: sets the row cap
+        self._tightest_ttft_slack_ms = math.inf  # ... and the chunk cap (ttft_chunk_share)
         self._row_cap = self._selector.row_cap(math.inf)  # the selection's (replan sets it)
 
     @property
@@ -83,6 +84,9 @@ class SlicePolicy(SliceIteration, Policy):
     def on_arrival(self, request: RequestView, view: SchedulerView) -> None:
         self._active[request.request_id] = request
         self._tightest_tpot_ms = min(self._tightest_tpot_ms, request.slo.tpot_ms)
+        slack_ms = request.slo.ttft_ms - self._lm.prefill_ms(request.num_prompt_tokens)
+        if slack_ms > 0:  # one that cannot be met alone sets no chunk length
+            self._tightest_ttft_slack_ms = min(self._tightest_ttft_slack_ms, slack_ms)
         self._dirty = True
 
     def on_finish(self, request: RequestView, view: SchedulerView) -> None:
@@ -205,7 +209,7 @@ class SlicePolicy(SliceIteration, Policy):
         self._period_used_ms = t_ms + charges
         # Prompt time per iteration: the period's time beyond the decode columns, spread
         # over them (a period's worth at most, when nothing decodes).
-        cap_ms = self.period_ms * self.options.max_prefill_ratio
+        cap_ms = self._chunk_cap_ms()
         self._prefill_iter_ms = (min(cap_ms, max(0.0, budget_ms - t_ms) / width) if width
                                  else cap_ms)
         self._prefill_share = max(0.0, 1.0 - t_ms / budget_ms) if width else 1.0

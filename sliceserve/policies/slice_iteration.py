@@ -48,6 +48,22 @@ class SliceIteration:
     _extra_ms_per_iter: float
     _prompt_bank_ms: float
     _bucket_ms: float
+    _tightest_ttft_slack_ms: float  # TTFT less its own prefill, of every request given so far
+
+    def _chunk_cap_ms(self) -> float:
+        """The longest prompt chunk (ms, with its row's slot): `max_prefill_ratio` x P, or
+        less with `ttft_chunk_share`, so that an urgent first token is not held up long."""
+        opts = self.options
+        cap_ms = self.period_ms * opts.max_prefill_ratio
+        share = opts.ttft_chunk_share
+        if share is None or self._tightest_ttft_slack_ms == math.inf:
+            return cap_ms
+        # At least a few one-row steps, and long enough that the slot its row pays in a batch
+        # is at most `ttft_chunk_slot_share` of it (where a row costs about a step, short
+        # chunks would waste the device under load).
+        floor_ms = max(opts.ttft_chunk_floor_l1 * self._l(1),
+                       (self._l(2) - self._l(1)) / opts.ttft_chunk_slot_share)
+        return min(cap_ms, max(floor_ms, share * self._tightest_ttft_slack_ms))
 
     def _run_mask(self, add: Add) -> None:
         """Decode rows whose credit falls due in this iteration (one column of the mask)."""
@@ -67,7 +83,7 @@ class SliceIteration:
         decoding selected row `prefill_lead_guard_tpots` ahead of its mean-TPOT schedule (rows
         that ran ahead absorb a longer iteration); a period's worth at most."""
         opts = self.options
-        cap_ms = self.period_ms * opts.max_prefill_ratio
+        cap_ms = self._chunk_cap_ms()
         lead_ms = self._rows_lead_ms(now_s, opts.prefill_lead_guard_tpots)
         if lead_ms == math.inf:  # nothing decodes
             return cap_ms
@@ -117,7 +133,7 @@ class SliceIteration:
         ms_left = 0.0
         overdue = False
         if chunk_left is None:
-            cap_ms = self.period_ms * self.options.max_prefill_ratio
+            cap_ms = self._chunk_cap_ms()
             self._prompt_bank_ms = min(cap_ms, self._prompt_bank_ms + self._prefill_iter_ms)
             overdue_ms = self._overdue_prompt_ms(now_s)
             overdue = overdue_ms > 0
@@ -195,7 +211,7 @@ class SliceIteration:
         extras_left = opts.extra_rows(self._row_cap)
         chunk_left = opts.prefill_chunk_tokens or budget.tokens_left
         if opts.prefill_chunk_tokens is None:  # in time: at most a period's worth
-            allowance_ms = min(allowance_ms, self.period_ms * opts.max_prefill_ratio)
+            allowance_ms = min(allowance_ms, self._chunk_cap_ms())
         lm = self._lm
         spent_ms = 0.0
         for r in chain(self._extras, self._triaged_order):
@@ -273,7 +289,7 @@ class SliceIteration:
             chunk = self.options.prefill_chunk_tokens
             if chunk is not None:
                 return min(n, chunk)
-            ms = self.period_ms * self.options.max_prefill_ratio
+            ms = self._chunk_cap_ms()
             return min(n, self._lm.chunk_tokens_within(ms, r.num_computed_tokens))
         return n
 

@@ -40,6 +40,12 @@ option:
   first-token prompt it costs much attainment on `edge` (prompts admitted on what the
   decoding rows leave crowd the rows that start decoding); scoped so, less, but still some
   on the slow profile, so it is not the default.
+- ttft_chunk_share (0.7): a chunk is also capped at this share of the tightest TTFT slack
+  seen (floors: a few one-row steps, and a chunk at least 10x its row's slot in a batch). On
+  a fast CPU a 0.3 s chunk is longer than a control request's TTFT slack (about 0.1 s): one
+  arriving during a background prompt was judged infeasible behind it. Better on fast
+  CPUs' profiles at every load, simulated and live; neutral where every slack is long; a
+  little worse on `paper` with the slow AVX2 profile (docs/BENCHMARKS.md, the chunk cap).
 - overdue_prefill_ratio (off by default, null): a prompt that would miss its first-token
   deadline, counting the decode slot each of its chunks pays (a whole l(1) when nothing else
   runs: 13% of a 0.3 s chunk on the slow profile), gets chunks of up to this x P instead of
@@ -71,7 +77,9 @@ option:
   move work. Credits are untouched: the mask's pace stays the floor. Simulated it is neutral
   or better everywhere; live on the Zen 5 EPYC at load 0.3 it lowered TPOT p90 and raised
   utility but cost TTFT and the navigation class (the extra rows cost more live than the
-  profile says), so it is not the default (docs/BENCHMARKS.md).
+  profile says), so it is not the default (docs/BENCHMARKS.md). Measured before
+  ttft_chunk_share; beside it, it costs about 3 points of utility on a cheap device at
+  4 requests/s (tests/test_policy_slice_ahead.py pins the old cap).
 - triage: a request whose SLO can no longer be met (TTFT passed without a first token, or
   remaining tokens beyond reach even alone) leaves the selection for good and runs on leftover
   capacity, or is rejected with a reason when `reject_infeasible`.
@@ -138,6 +146,15 @@ class SliceOptions(PolicyOptions):
     # whatever they cost (the previous default, 512, is 7.6 s on a CPU without AVX-512).
     prefill_chunk_tokens: int | None = None
     max_prefill_ratio: float = 0.3
+    # ... and no more than this share of the tightest TTFT slack (TTFT less the prompt's own
+    # prefill, alone) of any request given so far, but at least `ttft_chunk_floor_l1`
+    # one-row decode steps and long enough that its row's slot in a batch (l(2) - l(1)) is
+    # at most `ttft_chunk_slot_share` of it: an arrival whose first token is due soon then
+    # waits at most that long for the chunk running when it comes. None: off (the cap is
+    # max_prefill_ratio x P alone; docs/BENCHMARKS.md, the chunk cap).
+    ttft_chunk_share: float | None = 0.7
+    ttft_chunk_floor_l1: float = 3.0
+    ttft_chunk_slot_share: float = 0.1
     # A prompt that would miss its first-token deadline (counting the decode slot each of its
     # chunks pays, a whole l(1) when nothing else runs) gets chunks of up to this x P instead
     # of max_prefill_ratio x P. None: max_prefill_ratio, and chunks' slots are not counted.
@@ -200,6 +217,13 @@ class SliceOptions(PolicyOptions):
             raise ValueError("max_prefill_ratio must be in (0, 10]")
         if not self.first_token_edf_periods > 0:
             raise ValueError("first_token_edf_periods must be > 0")
+        share = self.ttft_chunk_share
+        if share is not None and not 0 < share <= 10:
+            raise ValueError("ttft_chunk_share must be in (0, 10] or null")
+        if not self.ttft_chunk_floor_l1 >= 1:
+            raise ValueError("ttft_chunk_floor_l1 must be >= 1")
+        if not 0 < self.ttft_chunk_slot_share <= 1:
+            raise ValueError("ttft_chunk_slot_share must be in (0, 1]")
         ratio = self.overdue_prefill_ratio
         if ratio is not None and not 0 < ratio <= 10:
             raise ValueError("overdue_prefill_ratio must be in (0, 10] or null")
