@@ -27,8 +27,10 @@ from sliceserve.sim.run import load_latency_model, simulate_run  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 ZEN5 = str(ROOT / "docs/bench/compare/amd-epyc/device_profile.json")  # Zen 5 EPYC profile
 DEVICE = str(ROOT / "docs/bench/profile_smollm2.json")  # an AMD EPYC's profile (BENCHMARKS)
+ZEN4 = str(ROOT / "docs/bench/chunkcap/live/device_profile.json")  # Zen 4 EPYC, live runs
 SCENARIOS = {"edge:zen5": ("edge", ZEN5), "paper:zen5": ("paper", ZEN5),
              "edge:device": ("edge", DEVICE), "paper:device": ("paper", DEVICE),
+             "edge:zen4": ("edge", ZEN4), "paper:zen4": ("paper", ZEN4),
              "edge:slow": ("edge", "avx2-epyc-smollm2"),
              "paper:slow": ("paper", "avx2-epyc-smollm2"),
              "edge:paper": ("edge", "paper"), "paper:paper": ("paper", "paper")}

@@ -144,3 +144,38 @@ def test_a_control_request_arriving_during_a_long_prompt_is_met() -> None:
 def test_bad_chunk_cap_options_are_rejected(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
         make_policy("slice", FAST, CONFIG, bad)
+
+
+def own_row_selection(first: Request | None = None, **options: object) -> list[str]:
+    """On the slow device, one control request (TTFT 3 x (prefill + l1), TPOT 1.3 l1: 21
+    decode columns of its period's mask, about 0.8 s of 1 s), after `first` if given."""
+    policy = make_policy("slice", SLOW, CONFIG, dict(options))
+    assert isinstance(policy, SlicePolicy)
+    selector = policy.selector
+    l1 = SLOW.decode_latency_ms(1)
+    control = request("control", 0.0, 8, 16, 3 * (SLOW.prefill_ms(8) + l1), 1.3 * l1,
+                      100.0, "control")
+    candidates = [selector.assess(r, 0.0) for r in ([first] if first else []) + [control]]
+    return [c.request.request_id for c in
+            selector.select(candidates, selector.period_ms, {}, 0.0, 16)]
+
+
+def test_a_prompts_own_decode_columns_do_not_delay_its_first_token() -> None:
+    # Its row decodes only after its first token: counting its own columns against its own
+    # prompt left the prompt under a fifth of the period, and a lone control request, on
+    # time alone, was judged late.
+    assert own_row_selection() == ["control"]
+    assert own_row_selection(ttft_without_own_row=False) == []
+
+
+def test_a_prompts_own_row_counts_again_behind_an_earlier_prompt() -> None:
+    l1 = SLOW.decode_latency_ms(1)
+
+    def prompt(ttft_ms: float) -> Request:
+        return request("chat", 0.0, 4, 16, ttft_ms, 40 * l1, 1.0, "chat")
+
+    # Due after the control request: the control request's own columns still do not count.
+    assert own_row_selection(prompt(5000.0)) == ["chat", "control"]
+    # Due before it: they do (the scope of `ttft_without_own_row`), and it does not fit.
+    assert own_row_selection(prompt(500.0)) == ["chat"]
+    assert own_row_selection(prompt(5000.0), ttft_without_own_row=False) == ["chat"]

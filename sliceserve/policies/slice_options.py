@@ -46,6 +46,13 @@ option:
   arriving during a background prompt was judged infeasible behind it. Better on fast
   CPUs' profiles at every load, simulated and live; neutral where every slack is long; a
   little worse on `paper` with the slow AVX2 profile (docs/BENCHMARKS.md, the chunk cap).
+- ttft_without_own_row (on): a prompt due before every prompt taken so far this period has
+  its own first token predicted without its own decode columns (its row decodes only after
+  that token). A lone control request beside decoding rows was turned away by its own
+  mask's columns. Applied to every candidate it cost up to 5 points of utility on one
+  overloaded profile; scoped so, it is better or level almost everywhere simulated, and
+  about a point lower in SLO attainment on the Zen 4 profile under overload
+  (docs/BENCHMARKS.md, a prompt's own row).
 - overdue_prefill_ratio (off by default, null): a prompt that would miss its first-token
   deadline, counting the decode slot each of its chunks pays (a whole l(1) when nothing else
   runs: 13% of a 0.3 s chunk on the slow profile), gets chunks of up to this x P instead of
@@ -155,6 +162,12 @@ class SliceOptions(PolicyOptions):
     ttft_chunk_share: float | None = 0.7
     ttft_chunk_floor_l1: float = 3.0
     ttft_chunk_slot_share: float = 0.1
+    # A candidate due before every prompt taken so far has its own first token predicted on
+    # what the rows chosen before it leave of the period, not counting its own decode columns
+    # (its row decodes only after its first token). False: its own columns count against its
+    # own prompt too (the previous rule). Unscoped (every candidate) it lost up to 5 points of
+    # utility on one overloaded profile (docs/BENCHMARKS.md), so the scope stays.
+    ttft_without_own_row: bool = True
     # A prompt that would miss its first-token deadline (counting the decode slot each of its
     # chunks pays, a whole l(1) when nothing else runs) gets chunks of up to this x P instead
     # of max_prefill_ratio x P. None: max_prefill_ratio, and chunks' slots are not counted.

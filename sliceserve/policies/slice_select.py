@@ -193,7 +193,10 @@ class Selector:
                     fits = self.first_tokens_hold(decoding, prompts, c, new_width, credit,
                                                   budget_ms - charges_ms, now_s, lead_ms)
                 else:
-                    fits = self.ttft_holds(pending, c, t_ms, new_width, budget_ms, now_s)
+                    # ttft_without_own_row: only for a prompt due before every one taken.
+                    own = ((t_now_ms, width) if opts.ttft_without_own_row and all(
+                        p.deadline_s > c.request.ttft_deadline_s for p in pending) else None)
+                    fits = self.ttft_holds(pending, c, t_ms, new_width, budget_ms, now_s, own)
             if not fits:
                 if opts.skip_and_continue:
                     continue
@@ -222,27 +225,40 @@ class Selector:
                         c.charge_ms)
 
     def ttft_holds(self, pending: list[Pending], c: Candidate, mask_ms: float, width: int,
-                   budget_ms: float, now_s: float) -> bool:
+                   budget_ms: float, now_s: float,
+                   own: tuple[float, int] | None = None) -> bool:
         """Predicted first tokens, prefills run earliest deadline first, all still on time.
 
         With fixed `prefill_chunk_tokens`, every chunk rides a decode column. Else prompts
         get the period's time beyond the mask's decode columns (all of it when nothing
         decodes), `1 - mask_ms / budget_ms` of the device, then a column for the first token.
+        `own` (`ttft_without_own_row`): the mask and width without `c`, for `c`'s own first
+        token: its row does not decode before it, so its columns take nothing from its prompt.
+        The selector passes it only when `c` is due before every prompt taken so far.
         """
-        queue = sorted([*pending, self.pending(c)], key=lambda p: p.deadline_s)
-        column_ms = max(mask_ms / max(width, 1), self._l(1))
+        mine = self.pending(c)
+        queue = sorted([*pending, mine], key=lambda p: p.deadline_s)
         chunk = self.options.prefill_chunk_tokens
-        share = 1.0 if not width else 1.0 - mask_ms / budget_ms
-        if chunk is None and share <= 0:
+
+        def pace(mask: float, cols: int) -> tuple[float, float]:  # (share, column_ms)
+            return (1.0 if not cols else 1.0 - mask / budget_ms,
+                    max(mask / max(cols, 1), self._l(1)))
+
+        share, column_ms = pace(mask_ms, width)
+        own_share, own_column_ms = pace(*own) if own is not None else (share, column_ms)
+        if chunk is None and share <= 0 and own_share <= 0:
             return False
         t_ms, tokens = 0.0, 0
         for p in queue:
             tokens += p.tokens
             t_ms += p.charge_ms
+            s, col = (own_share, own_column_ms) if p is mine else (share, column_ms)
             if chunk is not None:
-                ready_ms = t_ms + math.ceil(tokens / chunk) * column_ms
+                ready_ms = t_ms + math.ceil(tokens / chunk) * col
+            elif s <= 0:
+                return False
             else:
-                ready_ms = t_ms / share + column_ms
+                ready_ms = t_ms / s + col
             if now_s + ready_ms / 1e3 > p.deadline_s:
                 return False
         return True
