@@ -3,7 +3,8 @@
 `first_token_edf` (a prompt before its first token is checked against its deadline, earliest
 deadline first, on what the decoding rows leave, not charged to the period) and
 `overdue_prefill_ratio` (a prompt that would be late in short chunks gets longer ones), both
-off by default; and the fix of one-token chunks behind an overdue prompt."""
+on by default for prompt-bound requests (`prompt_bound_share`: a prompt that alone takes at
+least that share of its TTFT); and the fix of one-token chunks behind an overdue prompt."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from sliceserve.sim.simulator import simulate
 SLOW = LatencyModel.load("avx2-epyc-smollm2")
 CONFIG = SchedulerConfig.for_capacity(32768)
 SLOW_DEVICE = {"first_token_edf": True, "overdue_prefill_ratio": 2.0}
+PREVIOUS = {"first_token_edf": False, "overdue_prefill_ratio": None}  # before 2026-12-06
+NOT_BOUND = {"prompt_bound_share": 1.0}  # no prompt here takes its whole TTFT alone
 
 
 def request(rid: str, arrival_s: float, prompt: int, out: int, tpot_ms: float) -> Request:
@@ -45,35 +48,47 @@ def test_a_prompt_that_chunks_would_make_late_gets_longer_chunks() -> None:
     """125 prompt tokens (1.9 s alone) on an idle device: in chunks of 0.3 s each paying a
     39 ms decode slot, the first token comes after 2 s; in chunks of up to 2 s, in time."""
     assert SLOW.prefill_ms(125) < 2000 - SLOW.decode_latency_ms(1)
-    default = serve([request("a", 0.0, 125, 32, 100.0)])[0]
-    longer = serve([request("a", 0.0, 125, 32, 100.0)], overdue_prefill_ratio=2.0)[0]
-    assert not met(default)
+    assert SLOW.prefill_ms(125) >= 0.35 * 2000  # prompt-bound at the default share
+    before = serve([request("a", 0.0, 125, 32, 100.0)], **PREVIOUS)[0]
+    longer = serve([request("a", 0.0, 125, 32, 100.0)], overdue_prefill_ratio=2.0,
+                   first_token_edf=False)[0]
+    assert not met(before)
     assert met(longer)
+    assert met(serve([request("a", 0.0, 125, 32, 100.0)])[0])  # the default
+    # Out of the scope, the longer chunks are not given.
+    assert not met(serve([request("a", 0.0, 125, 32, 100.0)], first_token_edf=False,
+                         **NOT_BOUND)[0])
 
 
 def test_two_prompts_that_fit_one_after_the_other_are_both_served() -> None:
     """Two short replies 0.1 s apart (0.6 s and 0.9 s of prompt, TTFT 2 s): both prompts fit
     before their deadlines, one after the other, and then both decode at their TPOTs. The
-    period test charges both prompts and both decode rows to the same period, so by default
+    period test charges both prompts and both decode rows to the same period, so without it
     the later one, due first, displaces the earlier one, whose deadline then passes."""
     def two() -> list[Request]:
         return [request("a", 0.0, 40, 18, 120.0), request("b", 0.1, 58, 31, 100.0)]
 
+    assert sum(map(met, serve(two(), **PREVIOUS))) == 1
+    assert all(map(met, serve(two(), overdue_prefill_ratio=None, prompt_bound_share=0.0)))
+    # The scope: the prompts take 31% and 44% of their TTFT alone. Both in it, both are met;
+    # neither (or, at the default 35%, only the later one), the old rule's outcome.
+    assert all(map(met, serve(two(), prompt_bound_share=0.25)))
+    assert sum(map(met, serve(two(), **NOT_BOUND))) == 1
     assert sum(map(met, serve(two()))) == 1
-    assert all(map(met, serve(two(), first_token_edf=True)))
 
 
 def test_a_row_far_ahead_of_its_tpot_does_not_keep_a_prompt_out() -> None:
     """A long reply decodes alone at 39 ms a token against a 250 ms TPOT (seconds ahead of
-    its schedule); a 124-token prompt (1.85 s) arrives. By default its prompt's share of the
+    its schedule); a 124-token prompt (1.85 s) arrives. Under the old rule its prompt's share of the
     period and the row's decode rate do not fit one period, so it waits for the row to
     finish and misses its TTFT; credited with the row's lead, it is served in time."""
     def pair() -> list[Request]:
         return [request("row", 0.0, 55, 174, 250.0), request("late", 1.9, 124, 60, 250.0)]
 
-    default = serve(pair())
-    assert met(default[0]) and not met(default[1])
+    before = serve(pair(), **PREVIOUS)
+    assert met(before[0]) and not met(before[1])
     assert all(map(met, serve(pair(), **SLOW_DEVICE)))
+    assert all(map(met, serve(pair())))  # the default
 
 
 def test_no_one_token_chunks_behind_an_overdue_prompt() -> None:
@@ -101,6 +116,12 @@ def test_no_one_token_chunks_behind_an_overdue_prompt() -> None:
 def test_overdue_prefill_ratio_is_validated(bad: float) -> None:
     with pytest.raises(ValueError, match="overdue_prefill_ratio"):
         make_policy("slice", SLOW, CONFIG, {"overdue_prefill_ratio": bad})
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5])
+def test_prompt_bound_share_is_validated(bad: float) -> None:
+    with pytest.raises(ValueError, match="prompt_bound_share"):
+        make_policy("slice", SLOW, CONFIG, {"prompt_bound_share": bad})
 
 
 def test_first_token_edf_periods_is_validated() -> None:

@@ -90,15 +90,17 @@ class SliceIteration:
         lead_ms -= self._l(num_rows) if num_rows else 0.0
         return min(cap_ms, max(self._prefill_iter_ms, lead_ms))
 
-    def _overdue_prompt_ms(self, now_s: float) -> float:
+    def _overdue_prompt_ms(self, now_s: float) -> tuple[float, bool]:
         """Prompt time that cannot wait: the prompts (earliest first-token deadline first) up
         to the last one that, at the period's spare share from now on, would be late; that
-        one and those before it run now (in chunks of at most a period)."""
+        one and those before it run now (in chunks of at most a period). And whether that
+        last one is prompt-bound with `overdue_prefill_ratio` set (it may get longer chunks;
+        its chunks' decode slots are counted)."""
         share = self._prefill_share
         column_ms = max(self._column_ms, self._l(1))
         lm = self._lm
         done_ms = overdue_ms = 0.0
-        row_ms = self._l(2) - self._l(1)
+        row_ms = plain_row_ms = self._l(2) - self._l(1)
         chunk_ms = 0.0
         if self.options.overdue_prefill_ratio is not None:
             # Each chunk of at most max_prefill_ratio x P pays its row's decode slot: a whole
@@ -106,17 +108,21 @@ class SliceIteration:
             chunk_ms = self.period_ms * self.options.max_prefill_ratio
             if self._rows_lead_ms(now_s) == math.inf:
                 row_ms = self._l(1)
+        overdue_bound = False
         for r in self._prefills:
             todo = tokens_to_compute(r)
             if todo <= 1 or r.first_token_s is not None:
                 continue
             extra_ms = lm.chunk_extra_ms(todo, r.num_computed_tokens)
-            chunks = math.ceil(extra_ms / max(chunk_ms - row_ms, 1e-9)) if chunk_ms else 1
-            done_ms += extra_ms + max(chunks, 1) * row_ms
+            bound = bool(chunk_ms) and self.options.prompt_bound(
+                lm.prefill_ms(r.num_prompt_tokens), r.slo.ttft_ms)
+            chunks = math.ceil(extra_ms / max(chunk_ms - row_ms, 1e-9)) if bound else 1
+            done_ms += extra_ms + max(chunks, 1) * (row_ms if bound else plain_row_ms)
             left_ms = max(0.0, (r.ttft_deadline_s - now_s) * 1000.0 - column_ms)
             if done_ms > left_ms * share:
                 overdue_ms = done_ms
-        return overdue_ms
+                overdue_bound = bound
+        return overdue_ms, overdue_bound
 
     def _run_prefills(self, add: Add, budget: Budget, num_rows: int, now_s: float) -> None:
         """Prefill chunks of selected requests, earliest first-token deadline first, within
@@ -135,12 +141,13 @@ class SliceIteration:
         if chunk_left is None:
             cap_ms = self._chunk_cap_ms()
             self._prompt_bank_ms = min(cap_ms, self._prompt_bank_ms + self._prefill_iter_ms)
-            overdue_ms = self._overdue_prompt_ms(now_s)
+            overdue_ms, overdue_bound = self._overdue_prompt_ms(now_s)
             overdue = overdue_ms > 0
             ms_left = min(cap_ms, max(self._prompt_bank_ms, self.prompt_time_ms(num_rows, now_s),
                                       overdue_ms))
             overdue_ratio = self.options.overdue_prefill_ratio
-            if overdue and overdue_ratio is not None:  # a prompt would be late: longer chunks
+            if overdue and overdue_ratio is not None and overdue_bound:
+                # a prompt-bound prompt would be late: longer chunks
                 ms_left = max(ms_left, min(overdue_ms, self.period_ms * overdue_ratio))
         spent_ms = 0.0
         lm = self._lm

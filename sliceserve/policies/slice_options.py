@@ -27,19 +27,26 @@ option:
   (`prefill_pacing="period"`, `prefill_chunk_tokens=512`) remain for the ablation.
 - prefill_then_decode: a request whose prompt takes more than a period does not decode in
   this one, so its decode iterations are not charged to this period's mask.
-- first_token_edf (off by default; docs/BENCHMARKS.md, issue 11): a prompt before its first
-  token that is longer than a chunk (`max_prefill_ratio` x P) and due within
-  `first_token_edf_periods` periods is not charged to the period; it is taken if every such
-  prompt taken, run earliest deadline first on what the rows decoding now leave of the
-  period (a prompt done starts decoding and takes its share from those after it), is ready
-  by its deadline, the first part of that work on the whole device for as long as the
+- first_token_edf (on, for prompt-bound requests; docs/BENCHMARKS.md, issue 11): a prompt
+  before its first token that is longer than a chunk (`max_prefill_ratio` x P) and due
+  within `first_token_edf_periods` periods is not charged to the period; it is taken if
+  every such prompt taken, run earliest deadline first on what the rows decoding now leave
+  of the period (a prompt done starts decoding and takes its share from those after it), is
+  ready by its deadline, the first part of that work on the whole device for as long as the
   decoding rows are ahead of their schedules (their lead). Its decode row is charged to the
   mask as always. On a slow device whose prompts take about a period (paper workload, AVX2
   profile) the period test otherwise turns away a prompt beside a row that runs far ahead
   of its TPOT, and a later arrival due first displaces a half-done prompt. Applied to every
   first-token prompt it costs much attainment on `edge` (prompts admitted on what the
-  decoding rows leave crowd the rows that start decoding); scoped so, less, but still some
-  on the slow profile, so it is not the default.
+  decoding rows leave crowd the rows that start decoding), so it applies only to
+  prompt-bound requests (below).
+- prompt_bound_share (0.35): first_token_edf and overdue_prefill_ratio apply only to a
+  request whose prompt alone takes at least this share of its TTFT. Such a prompt cannot
+  be spread over periods beside decode slots and still be on time; a prompt with a TTFT of
+  several times its own length can. Unscoped, the two cost up to 9 points of utility on
+  `edge` with the slow profile; scoped so, they are level on every simulated fast profile
+  and `edge`, and gain 5-9 points of SLO attainment on `paper` with the slow profile
+  (docs/BENCHMARKS.md, prompt-bound requests).
 - ttft_chunk_share (0.7): a chunk is also capped at this share of the tightest TTFT slack
   seen (floors: a few one-row steps, and a chunk at least 10x its row's slot in a batch). On
   a fast CPU a 0.3 s chunk is longer than a control request's TTFT slack (about 0.1 s): one
@@ -53,10 +60,10 @@ option:
   overloaded profile; scoped so, it is better or level almost everywhere simulated, and
   about a point lower in SLO attainment on the Zen 4 profile under overload
   (docs/BENCHMARKS.md, a prompt's own row).
-- overdue_prefill_ratio (off by default, null): a prompt that would miss its first-token
-  deadline, counting the decode slot each of its chunks pays (a whole l(1) when nothing else
-  runs: 13% of a 0.3 s chunk on the slow profile), gets chunks of up to this x P instead of
-  `max_prefill_ratio` x P. Measured with first_token_edf at 2.0.
+- overdue_prefill_ratio (2.0, for prompt-bound requests): a prompt that would miss its
+  first-token deadline, counting the decode slot each of its chunks pays (a whole l(1) when
+  nothing else runs: 13% of a 0.3 s chunk on the slow profile), gets chunks of up to this x
+  P instead of `max_prefill_ratio` x P. null: off.
 - defer_rank_ratio: a request that may wait (ttft_urgency) still goes before urgent ones it
   outranks by this factor: on a slow device, a control request's TTFT is several seconds away
   at arrival, and it must not queue behind chat replies that already stream.
@@ -171,15 +178,19 @@ class SliceOptions(PolicyOptions):
     # A prompt that would miss its first-token deadline (counting the decode slot each of its
     # chunks pays, a whole l(1) when nothing else runs) gets chunks of up to this x P instead
     # of max_prefill_ratio x P. None: max_prefill_ratio, and chunks' slots are not counted.
-    overdue_prefill_ratio: float | None = None
+    overdue_prefill_ratio: float | None = 2.0
     # A prompt before its first token is not charged to the period: the selection takes it
     # if the prompts taken, earliest first-token deadline first, are all ready in time on
     # what the rows that decode now leave (all of the device for as long as those rows are
     # ahead of their schedules); its decode row is charged to the mask as before.
-    first_token_edf: bool = False
+    first_token_edf: bool = True
     # ... for the prompts longer than a chunk (max_prefill_ratio x P) whose first token is due
     # within this many periods; the others are charged to the period as before.
     first_token_edf_periods: float = 2.5
+    # first_token_edf and overdue_prefill_ratio apply only to prompt-bound requests: those
+    # whose prompt alone (batch 1, on the latency model) takes at least this share of their
+    # TTFT, so that they cannot afford to share periods with decode slots. 0: every prompt.
+    prompt_bound_share: float = 0.35
     # How a pending prefill is charged to the period: "deadline", the share of it this period
     # must run for the prompt to finish by its first-token deadline (device-relative: a 2 s
     # prompt due in 6 s takes a third of each period); "period", all of it in this period
@@ -230,6 +241,8 @@ class SliceOptions(PolicyOptions):
             raise ValueError("max_prefill_ratio must be in (0, 10]")
         if not self.first_token_edf_periods > 0:
             raise ValueError("first_token_edf_periods must be > 0")
+        if not 0 <= self.prompt_bound_share <= 1:
+            raise ValueError("prompt_bound_share must be in [0, 1]")
         share = self.ttft_chunk_share
         if share is not None and not 0 < share <= 10:
             raise ValueError("ttft_chunk_share must be in (0, 10] or null")
@@ -263,3 +276,8 @@ class SliceOptions(PolicyOptions):
     def extra_rows(self, rows: int) -> int:
         """Unselected rows an iteration may add when the selection's cap is `rows`."""
         return rows if self.max_extra_rows is None else self.max_extra_rows
+
+    def prompt_bound(self, prompt_ms: float, ttft_ms: float) -> bool:
+        """Whether a prompt taking `prompt_ms` alone is prompt-bound for a `ttft_ms` TTFT
+        (first_token_edf and overdue_prefill_ratio apply to it)."""
+        return prompt_ms >= self.prompt_bound_share * ttft_ms
