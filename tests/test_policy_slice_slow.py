@@ -63,8 +63,9 @@ def test_a_prompt_that_chunks_would_make_late_gets_longer_chunks() -> None:
 def test_two_prompts_that_fit_one_after_the_other_are_both_served() -> None:
     """Two short replies 0.1 s apart (0.6 s and 0.9 s of prompt, TTFT 2 s): both prompts fit
     before their deadlines, one after the other, and then both decode at their TPOTs. The
-    period test charges both prompts and both decode rows to the same period, so without it
-    the later one, due first, displaces the earlier one, whose deadline then passes."""
+    period test charges both prompts and both decode rows to the same period, so without
+    first_token_edf the later one, due first, displaces the earlier one, whose deadline then
+    passes."""
     def two() -> list[Request]:
         return [request("a", 0.0, 40, 18, 120.0), request("b", 0.1, 58, 31, 100.0)]
 
@@ -79,9 +80,9 @@ def test_two_prompts_that_fit_one_after_the_other_are_both_served() -> None:
 
 def test_a_row_far_ahead_of_its_tpot_does_not_keep_a_prompt_out() -> None:
     """A long reply decodes alone at 39 ms a token against a 250 ms TPOT (seconds ahead of
-    its schedule); a 124-token prompt (1.85 s) arrives. Under the old rule its prompt's share of the
-    period and the row's decode rate do not fit one period, so it waits for the row to
-    finish and misses its TTFT; credited with the row's lead, it is served in time."""
+    its schedule); a 124-token prompt (1.85 s) arrives. Under the old rule its prompt's
+    share of the period and the row's decode rate do not fit one period, so it waits for the
+    row to finish and misses its TTFT; credited with the row's lead, it is served in time."""
     def pair() -> list[Request]:
         return [request("row", 0.0, 55, 174, 250.0), request("late", 1.9, 124, 60, 250.0)]
 

@@ -114,10 +114,12 @@ class SliceIteration:
             if todo <= 1 or r.first_token_s is not None:
                 continue
             extra_ms = lm.chunk_extra_ms(todo, r.num_computed_tokens)
-            bound = bool(chunk_ms) and self.options.prompt_bound(
-                lm.prefill_ms(r.num_prompt_tokens), r.slo.ttft_ms)
-            chunks = math.ceil(extra_ms / max(chunk_ms - row_ms, 1e-9)) if bound else 1
-            done_ms += extra_ms + max(chunks, 1) * (row_ms if bound else plain_row_ms)
+            bound = bool(chunk_ms) and self.options.prompt_bound(lm, r)
+            if bound:  # its chunks each pay a decode slot
+                done_ms += extra_ms + max(math.ceil(extra_ms / max(chunk_ms - row_ms, 1e-9)),
+                                          1) * row_ms
+            else:
+                done_ms += extra_ms + plain_row_ms
             left_ms = max(0.0, (r.ttft_deadline_s - now_s) * 1000.0 - column_ms)
             if done_ms > left_ms * share:
                 overdue_ms = done_ms

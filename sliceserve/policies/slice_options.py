@@ -43,10 +43,10 @@ option:
 - prompt_bound_share (0.35): first_token_edf and overdue_prefill_ratio apply only to a
   request whose prompt alone takes at least this share of its TTFT. Such a prompt cannot
   be spread over periods beside decode slots and still be on time; a prompt with a TTFT of
-  several times its own length can. Unscoped, the two cost up to 9 points of utility on
-  `edge` with the slow profile; scoped so, they are level on every simulated fast profile
-  and `edge`, and gain 5-9 points of SLO attainment on `paper` with the slow profile
-  (docs/BENCHMARKS.md, prompt-bound requests).
+  several times its own length can. Unscoped, overdue_prefill_ratio alone cost 5.5 points
+  of utility on `edge` with the slow profile at 1.5x; scoped so, the two are level on every
+  simulated fast profile and `edge`, and gain 5-8.5 points of SLO attainment on `paper` with
+  the slow profile (docs/BENCHMARKS.md, prompt-bound requests).
 - ttft_chunk_share (0.7): a chunk is also capped at this share of the tightest TTFT slack
   seen (floors: a few one-row steps, and a chunk at least 10x its row's slot in a batch). On
   a fast CPU a 0.3 s chunk is longer than a control request's TTFT slack (about 0.1 s): one
@@ -118,9 +118,12 @@ option:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from sliceserve.policies.base import PolicyOptions
+from sliceserve.policies.base import PolicyOptions, RequestView
+
+if TYPE_CHECKING:
+    from sliceserve.latency_model import LatencyModel
 
 
 @dataclass(frozen=True)
@@ -277,7 +280,7 @@ class SliceOptions(PolicyOptions):
         """Unselected rows an iteration may add when the selection's cap is `rows`."""
         return rows if self.max_extra_rows is None else self.max_extra_rows
 
-    def prompt_bound(self, prompt_ms: float, ttft_ms: float) -> bool:
-        """Whether a prompt taking `prompt_ms` alone is prompt-bound for a `ttft_ms` TTFT
-        (first_token_edf and overdue_prefill_ratio apply to it)."""
-        return prompt_ms >= self.prompt_bound_share * ttft_ms
+    def prompt_bound(self, lm: LatencyModel, r: RequestView) -> bool:
+        """Whether `r`'s prompt alone (batch 1, on `lm`) takes at least `prompt_bound_share`
+        of its TTFT: first_token_edf and overdue_prefill_ratio apply to it."""
+        return lm.prefill_ms(r.num_prompt_tokens) >= self.prompt_bound_share * r.slo.ttft_ms

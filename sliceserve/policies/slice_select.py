@@ -169,8 +169,7 @@ class Selector:
                             and c.charge_ms > self.period_ms * opts.max_prefill_ratio
                             and (c.request.ttft_deadline_s - now_s) * 1000.0
                             <= opts.first_token_edf_periods * self.period_ms
-                            and opts.prompt_bound(self.latency_model.prefill_ms(
-                                c.request.num_prompt_tokens), c.request.slo.ttft_ms))
+                            and opts.prompt_bound(self.latency_model, c.request))
             if first_prompt:
                 charge = 0.0  # its prompt is checked against its deadline instead, below
             # Exact only per (rate, whether the row has columns): mask_rate 0 adds none.
