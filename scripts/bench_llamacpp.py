@@ -10,6 +10,11 @@ Rows (greedy, EOS ignored, timed from the first prompt token to the last output 
   `--policy`, max_batch_size = the batch) against a plain batched `llama_decode` loop over the
   same bindings (all prompts in one call, then one call per step for all sequences, argmax in
   numpy), and, with `--torch`, the PyTorch executor on the same GGUF (dequantized).
+- churn: `--churn` requests with 16-63-token prompts and 8-128 output tokens (seeded) arriving
+  together, on `--batch` KV streams and rows: requests end at different times and new ones
+  take their streams, so this row measures how the executor places rows over llama.cpp's KV
+  streams (one ubatch per run of consecutive stream ids), not only the kernels. `--gguf`
+  runs another GGUF (e.g. a Q8_0 file, whose kernels scale with the batch).
 """
 
 from __future__ import annotations
@@ -90,31 +95,40 @@ def plain_batched_loop(gguf: Path, batch_prompts: list[list[int]], tokens: int,
     return elapsed
 
 
-def sliceserve_run(batch_prompts: list[list[int]], tokens: int, threads: int, backend: str,
-                   policy: str) -> tuple[float, dict]:
+def sliceserve_run(batch_prompts: list[list[int]], tokens: int | list[int], threads: int,
+                   backend: str, policy: str, model: Path | None = None,
+                   rows: int | None = None) -> tuple[float, dict]:
     from sliceserve import LLM, SamplingParams
 
-    n = len(batch_prompts)
-    extra = {"llamacpp": {"context_tokens": max(256, len(batch_prompts[0]) + tokens),
+    lengths = tokens if isinstance(tokens, list) else [tokens] * len(batch_prompts)
+    n = rows or len(batch_prompts)
+    longest = max(map(len, batch_prompts)) + max(lengths)
+    extra = {"llamacpp": {"context_tokens": max(256, longest),
                           "max_num_seqs": max(n, 1)}} if backend == "llamacpp" else {}
-    llm = LLM(policy=policy, policy_options={"max_batch_size": n}, backend=backend,
-              latency_model="paper", num_threads=threads, **extra)
-    params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
+    llm = LLM(model=model, policy=policy, policy_options={"max_batch_size": n},
+              backend=backend, latency_model="paper", num_threads=threads, **extra)
+    params = [SamplingParams(max_tokens=k, temperature=0.0, ignore_eos=True) for k in lengths]
     llm.generate(batch_prompts[:1], SamplingParams(max_tokens=4, temperature=0.0))  # warm
     runner = llm.live.runner
     runner.stats.reset()
+    moves = getattr(runner, "stream_moves", None)
     start = time.perf_counter()
     outs = llm.generate(batch_prompts, params)
     elapsed = time.perf_counter() - start
-    assert all(len(o.token_ids) == tokens for o in outs)
+    assert [len(o.token_ids) for o in outs] == lengths
     s = runner.stats
+    more = {"stream_moves": runner.stream_moves - moves} if moves is not None else {}
     return elapsed, {"iterations": s.iterations, "prepare_s": round(s.prepare_s, 3),
-                     "forward_s": round(s.forward_s, 3), "sample_s": round(s.sample_s, 3)}
+                     "forward_s": round(s.forward_s, 3), "sample_s": round(s.sample_s, 3),
+                     **more}
 
 
-def row(name: str, n: int, tokens: int, seconds: float, **more: object) -> dict:
+def row(name: str, n: int, tokens: int, seconds: float, total: int | None = None,
+        **more: object) -> dict:
+    """`tokens` per request, or with `total` the tokens of all requests together."""
+    total = n * tokens if total is None else total
     out = {"system": name, "requests": n, "tokens": tokens, "seconds": round(seconds, 3),
-           "tok_per_s": round(n * tokens / seconds, 1), **more}
+           "tok_per_s": round(total / seconds, 1), **more}
     print(json.dumps(out), file=sys.stderr, flush=True)
     return out
 
@@ -126,32 +140,44 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--policy", default="vllm")
-    parser.add_argument("--rows", default="single,batch", help="single,batch")
+    parser.add_argument("--rows", default="single,batch", help="single,batch,churn")
+    parser.add_argument("--churn", type=int, default=48, help="requests in the churn row")
+    parser.add_argument("--gguf", type=Path, help="another GGUF (default: the embedded one)")
     parser.add_argument("--torch", action="store_true", help="also the PyTorch executor")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     from sliceserve.model.loader import default_gguf_path
 
-    gguf = default_gguf_path()
+    gguf = args.gguf or default_gguf_path()
     rows = []
     wanted = args.rows.split(",")
     if "single" in wanted:
         one = prompts(1, args.prompt_tokens)
         rows.append(row("llama-cpp-python high-level", 1, args.tokens,
                         high_level_single(gguf, one[0], args.tokens, args.threads)))
-        seconds, stats = sliceserve_run(one, args.tokens, args.threads, "llamacpp", args.policy)
+        seconds, stats = sliceserve_run(one, args.tokens, args.threads, "llamacpp", args.policy,
+                                        gguf)
         rows.append(row("sliceserve llamacpp", 1, args.tokens, seconds, **stats))
     if "batch" in wanted:
         many = prompts(args.batch, args.prompt_tokens, seed=1)
         rows.append(row("plain batched llama_decode", args.batch, args.tokens,
                         plain_batched_loop(gguf, many, args.tokens, args.threads)))
         seconds, stats = sliceserve_run(many, args.tokens, args.threads, "llamacpp",
-                                        args.policy)
+                                        args.policy, gguf)
         rows.append(row("sliceserve llamacpp", args.batch, args.tokens, seconds, **stats))
         if args.torch:
             seconds, stats = sliceserve_run(many, args.tokens, args.threads, "torch",
-                                            args.policy)
+                                            args.policy, gguf)
             rows.append(row("sliceserve torch", args.batch, args.tokens, seconds, **stats))
+    if "churn" in wanted:
+        rng = np.random.default_rng(2)
+        mixed = [[int(t) for t in rng.integers(1000, 30000, size=int(rng.integers(16, 64)))]
+                 for _ in range(args.churn)]
+        lengths = [int(k) for k in rng.integers(8, 129, size=args.churn)]
+        seconds, stats = sliceserve_run(mixed, lengths, args.threads, "llamacpp", args.policy,
+                                        gguf, rows=args.batch)
+        rows.append(row("sliceserve llamacpp, churn", args.churn, sum(lengths), seconds,
+                        total=sum(lengths), **stats))
     result = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
               "cpu": device_label(), "threads": args.threads, "policy": args.policy,
               "gguf": gguf.name, "prompt_tokens": args.prompt_tokens,

@@ -54,6 +54,43 @@ def test_recorder_passes_results_through_and_records_non_empty_plans() -> None:
     assert recorder.iterations == []  # nothing ran
 
 
+def test_recorder_and_iteration_log_pass_release_on_to_the_engine() -> None:
+    """An Engine registers its executor's `release` (llama.cpp's KV streams) as a finish
+    listener; through a recorder (`sliceserve run`) or the server's log it must still reach
+    the executor, or finished requests keep their streams."""
+    from sliceserve.clock import VirtualClock
+    from sliceserve.config import SchedulerConfig
+    from sliceserve.core.scheduler import Scheduler
+    from sliceserve.engine.engine import Engine
+    from sliceserve.policies.registry import make_policy
+    from sliceserve.request import SLO, Request, SamplingParams
+    from sliceserve.server.state import IterationLog
+
+    class Releasing:
+        def __init__(self) -> None:
+            self.released: list[str] = []
+
+        def execute(self, plan: Plan) -> ExecuteResult:
+            return ExecuteResult(token_ids=[7 if c.samples else None for c in plan.chunks],
+                                 duration_s=0.001)
+
+        def release(self, request: Request) -> None:
+            self.released.append(request.request_id)
+
+    config = SchedulerConfig(max_num_seqs=4, num_kv_blocks=64, block_size=16,
+                             max_model_len=256)
+    for wrap in (IterationRecorder, lambda e: IterationLog(e, MODEL, lambda: 0.0)):
+        inner = Releasing()
+        clock = VirtualClock()
+        engine = Engine(Scheduler(config, make_policy("vllm", MODEL, config, {})), wrap(inner),
+                        clock)
+        engine.add_request(Request("a", 0.0, 3, SamplingParams(max_tokens=2, ignore_eos=True),
+                                   SLO(ttft_ms=1e6, tpot_ms=1e6), prompt_token_ids=[1, 2, 3]))
+        while engine.has_unfinished():
+            engine.step()
+        assert inner.released == ["a"]
+
+
 def test_pacing_report_splits_decode_iterations_by_pause_and_rows() -> None:
     def decode(rows: int, factor: float, gap_ms: float, changed: bool) -> Iteration:
         it = Iteration(rows, rows, 10 * rows, 0.0, 0.0)

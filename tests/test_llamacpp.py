@@ -227,6 +227,37 @@ def test_masked_or_preempted_request_resumes_exactly(executor, prompt_ids, refer
     assert_no_leak(engine, executor)
 
 
+@needs_llama_cpp
+def test_streams_stay_dense_and_a_moved_stream_continues_exactly(executor, prompt_ids,
+                                                               reference, monkeypatch):
+    """Short requests take the low streams and end first: the long ones above are moved down
+    into the gaps (llama.cpp runs one ubatch per run of consecutive stream ids), every batch
+    is written in stream order, and the moved requests' greedy tokens are unchanged."""
+    seen = {"dense": 0, "moves": executor.stream_moves}
+    execute = executor.execute
+
+    def checked(plan):
+        result = execute(plan)
+        held = sorted(executor.sequences_in_use())
+        assert held == list(range(len(held))), held
+        streams = executor._buffers.seq[:plan.num_tokens]
+        assert (streams[1:] >= streams[:-1]).all(), list(streams)
+        seen["dense"] += 1
+        return result
+
+    monkeypatch.setattr(executor, "execute", checked)
+    rng = random.Random(5)
+    shorts = [request(f"s{i}", [rng.randrange(20, 40000) for _ in range(rng.randrange(3, 12))],
+                      2 + i) for i in range(3)]
+    longs = [request(f"l{i}", ids) for i, ids in enumerate(prompt_ids)]
+    engine = make_engine(executor, "vllm", {"max_batch_size": 8})
+    out = run_to_completion(engine, [*shorts, *longs])
+    assert [out[f"l{i}"] for i in range(len(PROMPTS))] == reference
+    assert executor.stream_moves - seen["moves"] >= 2
+    assert seen["dense"] >= NUM_TOKENS
+    assert_no_leak(engine, executor)
+
+
 # --- policies, leaks, reuse ---
 
 @needs_llama_cpp

@@ -21,6 +21,7 @@ from typing import Any
 from sliceserve.core.plan import ExecuteResult, Plan
 from sliceserve.engine.engine import Executor
 from sliceserve.latency_model import LatencyModel
+from sliceserve.request import Request
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,13 @@ class IterationRecorder:
             self._last_ids = ids
         self._last_end_s = time.perf_counter()
         return result
+
+    def release(self, request: Request) -> None:
+        """The inner executor's `release` (llama.cpp's streams), which the Engine registers as
+        a finish listener on the executor it is given: this recorder."""
+        release = getattr(self.executor, "release", None)
+        if release is not None:
+            release(request)
 
 
 GAP_BUCKETS_MS = (2.0, 20.0)  # engine work only / short idling / long idling

@@ -2,18 +2,26 @@
 
 A plan becomes one `llama_decode` call over all of its chunks (prompt chunks and decode tokens
 of many sequences in one batch), or a few when it holds more than `batch_tokens` tokens. Each
-request is a sequence id of llama.cpp's KV cache: the id of the one KV block (= stream) the
-scheduler gave it (see LlamaCppConfig). Logits come back only for the sampling tokens and are
+request holds one KV stream of llama.cpp's cache (a sequence id), as it holds one KV block
+of the scheduler's (see LlamaCppConfig). Logits come back only for the sampling tokens and are
 sampled by the project's `Sampler`.
 
-What a sequence holds is tracked per stream: which request (the object, not its id: ids may
-be reused) and how many of its tokens. Before a chunk runs, a stream that holds another
-request is cleared, and one that holds more of this request than the plan says is computed
-(recompute after preemption, a retried iteration) is cut back to it, so a stream never mixes
-two requests and positions always continue where the cache ends, as llama.cpp requires. A
-request that finishes, is aborted or rejected (`release`, which the Engine registers as a
-scheduler finish listener) or is preempted (the plan's `preempted_ids`) has its sequence
-cleared at once.
+Stream ids are the executor's, not the scheduler's block ids, and are kept dense. llama.cpp
+runs a batch over separate streams as one ubatch (one pass over the weights) per run of
+consecutive stream ids in batch order (its `split_equal`), so rows in streams {0, 2, 5} cost
+three passes where {0, 1, 2} cost one. Hence a new request takes the lowest free stream; when
+one ends below a higher one that is still held, the highest is moved into the gap (a stream
+copy, done by llama.cpp at the next decode); and each batch is written in stream order.
+
+What a stream holds is tracked: which request (the object, not its id: ids may be reused) and
+how many of its tokens. A request's block is remembered too: when the scheduler gives that
+block to another request, the previous holder has ended, and its stream is cleared even if
+no release reached the executor. A stream that holds more of a request than the plan says is
+computed (recompute after preemption, a retried iteration) is cut back to it, so a stream
+never mixes two requests and positions always continue where the cache ends, as llama.cpp
+requires. A request that finishes, is aborted or rejected (`release`, which the Engine
+registers as a scheduler finish listener) or is preempted (the plan's `preempted_ids`) has its
+stream cleared at once.
 """
 
 from __future__ import annotations
@@ -62,6 +70,11 @@ class LlamaCppExecutor:
         self._owner: list[Request | None] = [None] * (config.max_num_seqs + 1)
         self._stored = [0] * (config.max_num_seqs + 1)  # tokens of the owner in the stream
         self._seq_of: dict[str, int] = {}  # request id -> its stream
+        # block -> the request last seen holding it, while that request holds a stream;
+        # stream -> that block (-1: none)
+        self._block_owner: list[Request | None] = [None] * config.max_num_seqs
+        self._block = [-1] * (config.max_num_seqs + 1)
+        self.stream_moves = 0  # streams moved down into a free one (_compact)
         self._buffers = BatchBuffers(self.lib, config.batch_tokens)
         # All-greedy batches take numpy's argmax (the same first maximum as torch's): torch's
         # runs on its own OpenMP threads, which then spin beside llama.cpp's.
@@ -99,13 +112,17 @@ class LlamaCppExecutor:
         start = time.perf_counter()
         for request_id in plan.preempted_ids:
             self._clear_request(request_id)
+        self._compact()
         buffers = self._buffers
         buffers.grow(plan.num_tokens)
         token, pos, seq, flags = buffers.token, buffers.pos, buffers.seq, buffers.logits
         sampled: list[int] = []  # chunk index of each logits row, in batch order
         i = 0
-        for k, chunk in enumerate(plan.chunks):
-            s = self._stream_for(chunk)
+        # In stream order: llama.cpp splits a batch over separate KV streams into one ubatch
+        # (one pass over the weights) per run of consecutive stream ids in batch order.
+        streams = [self._stream_for(chunk) for chunk in plan.chunks]
+        for k in sorted(range(len(streams)), key=streams.__getitem__):
+            chunk, s = plan.chunks[k], streams[k]
             first, n = chunk.num_computed_tokens, chunk.num_new_tokens
             end = first + n
             if end > self.max_model_len:
@@ -152,22 +169,38 @@ class LlamaCppExecutor:
             self._clear_stream(s)
 
     # --- sequences ---
-    def _stream_for(self, chunk: ScheduledChunk) -> int:
+    def _assign(self, chunk: ScheduledChunk) -> int:
+        """The chunk's stream: the one its request holds, else the lowest free one."""
         if len(chunk.block_ids) != 1 or not 0 <= chunk.block_ids[0] < self._scratch:
             raise LlamaCppError(f"request {chunk.request.request_id} has KV blocks "
                                 f"{chunk.block_ids}: this executor needs exactly one block (its "
                                 f"stream) per request; give the scheduler its scheduler_config()")
-        s = chunk.block_ids[0]
+        block = chunk.block_ids[0]
         request = chunk.request
-        if self._owner[s] is not request:
-            if request.prompt_token_ids is None:
-                raise LlamaCppError(f"request {request.request_id} has no prompt token ids")
-            self._clear_stream(s)
-            previous = self._seq_of.get(request.request_id)
-            if previous is not None and self._owner[previous] is request:
-                self._clear_stream(previous)  # it moved (preempted, re-admitted elsewhere)
-            self._owner[s] = request
-            self._seq_of[request.request_id] = s
+        previous = self._block_owner[block]
+        if previous is not None and previous is not request:
+            self._clear_holder(previous)  # the scheduler gave its block away: it has ended
+        self._block_owner[block] = request
+        s = self._seq_of.get(request.request_id)
+        if s is not None and self._owner[s] is request:
+            if self._block[s] != block:  # re-admitted under another block
+                self._forget_block(s)
+                self._block[s] = block
+            return s
+        if request.prompt_token_ids is None:
+            raise LlamaCppError(f"request {request.request_id} has no prompt token ids")
+        s = self._owner.index(None)  # one stream per block held: a free one exists
+        if s >= self._scratch:
+            raise LlamaCppError("no free KV stream: more requests hold KV than the executor "
+                                "has streams")
+        self._owner[s] = request
+        self._block[s] = block
+        self._seq_of[request.request_id] = s
+        return s
+
+    def _stream_for(self, chunk: ScheduledChunk) -> int:
+        s = self._assign(chunk)
+        request = chunk.request
         computed = chunk.num_computed_tokens
         if computed < self._stored[s]:
             self.lib.llama_memory_seq_rm(self._mem, s, computed, -1)
@@ -177,10 +210,17 @@ class LlamaCppExecutor:
                                 f"but its sequence holds {self._stored[s]}")
         return s
 
+    def _forget_block(self, s: int) -> None:
+        block = self._block[s]
+        if block >= 0 and self._block_owner[block] is self._owner[s]:
+            self._block_owner[block] = None
+        self._block[s] = -1
+
     def _clear_stream(self, s: int) -> None:
         owner = self._owner[s]
         if owner is not None and self._seq_of.get(owner.request_id) == s:
             del self._seq_of[owner.request_id]
+        self._forget_block(s)
         self.lib.llama_memory_seq_rm(self._mem, s, -1, -1)
         self._owner[s] = None
         self._stored[s] = 0
@@ -190,11 +230,42 @@ class LlamaCppExecutor:
         if s is not None:
             self._clear_stream(s)
 
+    def _clear_holder(self, request: Request) -> None:
+        s = self._seq_of.get(request.request_id)
+        if s is not None and self._owner[s] is request:
+            self._clear_stream(s)
+
+    def _compact(self) -> None:
+        """Move the highest held streams into the free ones below them, so that held streams
+        are 0..n-1. llama.cpp copies the data at the next decode, before that decode's
+        tokens are written, so a moved stream may be read (and its old id reused) at once."""
+        owner = self._owner
+        top = self._scratch - 1
+        while True:
+            while top >= 0 and owner[top] is None:
+                top -= 1
+            if top < 0:
+                return
+            try:
+                hole = owner.index(None, 0, top)
+            except ValueError:
+                return
+            self.lib.llama_memory_seq_cp(self._mem, top, hole, -1, -1)  # the whole stream
+            self.lib.llama_memory_seq_rm(self._mem, top, -1, -1)
+            request = owner[top]
+            owner[hole], owner[top] = request, None
+            self._stored[hole], self._stored[top] = self._stored[top], 0
+            self._block[hole], self._block[top] = self._block[top], -1
+            self._seq_of[request.request_id] = hole
+            self.stream_moves += 1
+
     def reset(self) -> None:
         """Clear every sequence (after warm-up or profiling: their placeholder KV goes)."""
         self.lib.llama_memory_clear(self._mem, False)
         self._owner = [None] * len(self._owner)
         self._stored = [0] * len(self._stored)
+        self._block_owner = [None] * len(self._block_owner)
+        self._block = [-1] * len(self._block)
         self._seq_of.clear()
         self._scratch_len = 0
 
@@ -234,16 +305,17 @@ class LlamaCppExecutor:
         """Give every chunk's sequence the history the plan says is computed, with placeholder
         KV copied from the scratch stream (llama.cpp only decodes a position after the ones
         its cache holds). For the profiler's synthetic plans; untimed there."""
-        gaps = []
+        self._compact()
+        gaps: list[tuple[ScheduledChunk, int]] = []
         for chunk in plan.chunks:
-            s = chunk.block_ids[0] if len(chunk.block_ids) == 1 else -1
-            if 0 <= s < self._scratch and chunk.num_computed_tokens > 0 and (
-                    self._owner[s] is not chunk.request
-                    or self._stored[s] < chunk.num_computed_tokens):
-                gaps.append(chunk)
+            if len(chunk.block_ids) != 1 or not 0 <= chunk.block_ids[0] < self._scratch:
+                continue  # execute() names the problem
+            s = self._assign(chunk)
+            if 0 < chunk.num_computed_tokens and self._stored[s] < chunk.num_computed_tokens:
+                gaps.append((chunk, s))
         if not gaps:
             return
-        need = max(c.num_computed_tokens for c in gaps) + 1
+        need = max(c.num_computed_tokens for c, _ in gaps) + 1
         if self._scratch_len < need:  # placeholder tokens, decoded once
             buffers = self._buffers
             buffers.grow(need)
@@ -255,13 +327,10 @@ class LlamaCppExecutor:
             self._decode(n, 0)
             self._scratch_len = need
         buffers = self._buffers
-        for i, chunk in enumerate(gaps):
-            s = chunk.block_ids[0]
-            self._clear_stream(s)
+        for i, (chunk, s) in enumerate(gaps):
+            self.lib.llama_memory_seq_rm(self._mem, s, -1, -1)
             self.lib.llama_memory_seq_cp(self._mem, self._scratch, s, -1, -1)  # whole stream
             self.lib.llama_memory_seq_rm(self._mem, s, chunk.num_computed_tokens, -1)
-            self._owner[s] = chunk.request
-            self._seq_of[chunk.request.request_id] = s
             # One token per stream makes llama.cpp copy the data now, not in the timed call
             # (which then cuts this token off again: it holds one more than computed).
             buffers.token[i] = 1
@@ -269,8 +338,8 @@ class LlamaCppExecutor:
             buffers.seq[i] = s
             buffers.logits[i] = 0
         self._decode(len(gaps), 0)
-        for chunk in gaps:
-            self._stored[chunk.block_ids[0]] = chunk.num_computed_tokens + 1
+        for chunk, s in gaps:
+            self._stored[s] = chunk.num_computed_tokens + 1
 
     def close(self) -> None:
         """Free llama.cpp's context and model (also at garbage collection)."""
