@@ -54,17 +54,16 @@ def test_recorder_passes_results_through_and_records_non_empty_plans() -> None:
     assert recorder.iterations == []  # nothing ran
 
 
-def test_recorder_and_iteration_log_pass_release_on_to_the_engine() -> None:
+def test_recorder_passes_release_on_to_the_engine() -> None:
     """An Engine registers its executor's `release` (llama.cpp's KV streams) as a finish
-    listener; through a recorder (`sliceserve run`) or the server's log it must still reach
-    the executor, or finished requests keep their streams."""
+    listener; through the recorder (`sliceserve run`) it must still reach the executor, or
+    finished requests keep their streams."""
     from sliceserve.clock import VirtualClock
     from sliceserve.config import SchedulerConfig
     from sliceserve.core.scheduler import Scheduler
     from sliceserve.engine.engine import Engine
     from sliceserve.policies.registry import make_policy
     from sliceserve.request import SLO, Request, SamplingParams
-    from sliceserve.server.state import IterationLog
 
     class Releasing:
         def __init__(self) -> None:
@@ -79,16 +78,14 @@ def test_recorder_and_iteration_log_pass_release_on_to_the_engine() -> None:
 
     config = SchedulerConfig(max_num_seqs=4, num_kv_blocks=64, block_size=16,
                              max_model_len=256)
-    for wrap in (IterationRecorder, lambda e: IterationLog(e, MODEL, lambda: 0.0)):
-        inner = Releasing()
-        clock = VirtualClock()
-        engine = Engine(Scheduler(config, make_policy("vllm", MODEL, config, {})), wrap(inner),
-                        clock)
-        engine.add_request(Request("a", 0.0, 3, SamplingParams(max_tokens=2, ignore_eos=True),
-                                   SLO(ttft_ms=1e6, tpot_ms=1e6), prompt_token_ids=[1, 2, 3]))
-        while engine.has_unfinished():
-            engine.step()
-        assert inner.released == ["a"]
+    inner = Releasing()
+    engine = Engine(Scheduler(config, make_policy("vllm", MODEL, config, {})),
+                    IterationRecorder(inner), VirtualClock())
+    engine.add_request(Request("a", 0.0, 3, SamplingParams(max_tokens=2, ignore_eos=True),
+                               SLO(ttft_ms=1e6, tpot_ms=1e6), prompt_token_ids=[1, 2, 3]))
+    while engine.has_unfinished():
+        engine.step()
+    assert inner.released == ["a"]
 
 
 def test_pacing_report_splits_decode_iterations_by_pause_and_rows() -> None:

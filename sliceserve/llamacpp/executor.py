@@ -70,10 +70,7 @@ class LlamaCppExecutor:
         self._owner: list[Request | None] = [None] * (config.max_num_seqs + 1)
         self._stored = [0] * (config.max_num_seqs + 1)  # tokens of the owner in the stream
         self._seq_of: dict[str, int] = {}  # request id -> its stream
-        # block -> the request last seen holding it, while that request holds a stream;
-        # stream -> that block (-1: none)
-        self._block_owner: list[Request | None] = [None] * config.max_num_seqs
-        self._block = [-1] * (config.max_num_seqs + 1)
+        self._block = [-1] * (config.max_num_seqs + 1)  # the owner's scheduler block (-1: none)
         self.stream_moves = 0  # streams moved down into a free one (_compact)
         self._buffers = BatchBuffers(self.lib, config.batch_tokens)
         # All-greedy batches take numpy's argmax (the same first maximum as torch's): torch's
@@ -177,15 +174,15 @@ class LlamaCppExecutor:
                                 f"stream) per request; give the scheduler its scheduler_config()")
         block = chunk.block_ids[0]
         request = chunk.request
-        previous = self._block_owner[block]
-        if previous is not None and previous is not request:
-            self._clear_holder(previous)  # the scheduler gave its block away: it has ended
-        self._block_owner[block] = request
+        try:
+            held = self._block.index(block)
+        except ValueError:
+            held = -1
+        if held >= 0 and self._owner[held] is not request:
+            self._clear_stream(held)  # the scheduler gave its block away: its holder ended
         s = self._seq_of.get(request.request_id)
         if s is not None and self._owner[s] is request:
-            if self._block[s] != block:  # re-admitted under another block
-                self._forget_block(s)
-                self._block[s] = block
+            self._block[s] = block  # the same, or the block it was re-admitted under
             return s
         if request.prompt_token_ids is None:
             raise LlamaCppError(f"request {request.request_id} has no prompt token ids")
@@ -210,29 +207,18 @@ class LlamaCppExecutor:
                                 f"but its sequence holds {self._stored[s]}")
         return s
 
-    def _forget_block(self, s: int) -> None:
-        block = self._block[s]
-        if block >= 0 and self._block_owner[block] is self._owner[s]:
-            self._block_owner[block] = None
-        self._block[s] = -1
-
     def _clear_stream(self, s: int) -> None:
         owner = self._owner[s]
         if owner is not None and self._seq_of.get(owner.request_id) == s:
             del self._seq_of[owner.request_id]
-        self._forget_block(s)
         self.lib.llama_memory_seq_rm(self._mem, s, -1, -1)
         self._owner[s] = None
         self._stored[s] = 0
+        self._block[s] = -1
 
     def _clear_request(self, request_id: str) -> None:
         s = self._seq_of.get(request_id)
         if s is not None:
-            self._clear_stream(s)
-
-    def _clear_holder(self, request: Request) -> None:
-        s = self._seq_of.get(request.request_id)
-        if s is not None and self._owner[s] is request:
             self._clear_stream(s)
 
     def _compact(self) -> None:
@@ -264,7 +250,6 @@ class LlamaCppExecutor:
         self.lib.llama_memory_clear(self._mem, False)
         self._owner = [None] * len(self._owner)
         self._stored = [0] * len(self._stored)
-        self._block_owner = [None] * len(self._block_owner)
         self._block = [-1] * len(self._block)
         self._seq_of.clear()
         self._scratch_len = 0

@@ -60,13 +60,6 @@ class IterationLog:
                 self.on_iteration(it)
         return result
 
-    def release(self, request: Request) -> None:
-        """The inner executor's `release` (llama.cpp's streams), for an Engine built on this
-        log (the server registers the inner executor's itself)."""
-        release = getattr(self.executor, "release", None)
-        if release is not None:
-            release(request)
-
     def recent(self, n: int | None = None) -> list[Iteration]:
         with self._lock:
             items = list(self._recent)
