@@ -159,6 +159,13 @@ def test_unsupported_architectures_and_non_gguf_models_are_refused(tmp_path):
         resolve_gguf(tmp_path / "absent.gguf")
 
 
+def test_stream_runs_count_the_breaks_between_consecutive_ids():
+    from sliceserve.llamacpp.executor import _runs
+
+    assert [_runs(x) for x in ([], [3], [0, 1, 2], [0, 1, 3], [0, 2, 4], [1, 2, 5, 6])] == \
+        [0, 1, 1, 2, 3, 2]
+
+
 def test_config_is_checked():
     with pytest.raises(ValueError, match="max_num_seqs"):
         LlamaCppConfig(max_num_seqs=0)
@@ -242,6 +249,8 @@ def test_streams_stay_dense_and_a_moved_stream_continues_exactly(executor, promp
         assert held == list(range(len(held))), held
         streams = executor._buffers.seq[:plan.num_tokens]
         assert (streams[1:] >= streams[:-1]).all(), list(streams)
+        if len(set(streams.tolist())) == len(held):  # every held stream ran: one run
+            assert executor.last_stream_runs == 1, list(streams)
         seen["dense"] += 1
         return result
 

@@ -36,6 +36,7 @@ class Iteration:
     start_s: float = 0.0  # since the recorder's first iteration
     forward_ms: float | None = None  # the model's forward pass alone, where the executor says
     sample_ms: float | None = None  # sampling alone, where the executor says
+    stream_runs: int | None = None  # llama.cpp: runs of consecutive KV streams in the batch
 
 
 @dataclass
@@ -65,7 +66,8 @@ class IterationRecorder:
                 sample_ms = (stats.sample_s - before[1]) * 1000.0
             self.iterations.append(Iteration(*plan.shape(), result.duration_s * 1000.0,
                                              gap_ms, ids != self._last_ids,
-                                             start - self._first_s, forward_ms, sample_ms))
+                                             start - self._first_s, forward_ms, sample_ms,
+                                             getattr(self.executor, "last_stream_runs", None)))
             self._last_ids = ids
         self._last_end_s = time.perf_counter()
         return result

@@ -72,6 +72,9 @@ class LlamaCppExecutor:
         self._seq_of: dict[str, int] = {}  # request id -> its stream
         self._block = [-1] * (config.max_num_seqs + 1)  # the owner's scheduler block (-1: none)
         self.stream_moves = 0  # streams moved down into a free one (_compact)
+        # Runs of consecutive stream ids in the last batch: llama.cpp runs at least one ubatch
+        # (a pass over the weights) per run, more where prompt chunks differ in length.
+        self.last_stream_runs = 0
         self._buffers = BatchBuffers(self.lib, config.batch_tokens)
         # All-greedy batches take numpy's argmax (the same first maximum as torch's): torch's
         # runs on its own OpenMP threads, which then spin beside llama.cpp's.
@@ -118,7 +121,9 @@ class LlamaCppExecutor:
         # In stream order: llama.cpp splits a batch over separate KV streams into one ubatch
         # (one pass over the weights) per run of consecutive stream ids in batch order.
         streams = [self._stream_for(chunk) for chunk in plan.chunks]
-        for k in sorted(range(len(streams)), key=streams.__getitem__):
+        order = sorted(range(len(streams)), key=streams.__getitem__)
+        self.last_stream_runs = _runs([streams[k] for k in order])
+        for k in order:
             chunk, s = plan.chunks[k], streams[k]
             first, n = chunk.num_computed_tokens, chunk.num_new_tokens
             end = first + n
@@ -343,6 +348,11 @@ class LlamaCppExecutor:
             self.close()
         except Exception:  # interpreter shutdown: the bindings may be gone already
             pass
+
+
+def _runs(ordered: list[int]) -> int:
+    """How many runs of consecutive ids an ascending list holds ([0, 1, 3] -> 2)."""
+    return sum(1 for i, s in enumerate(ordered) if i == 0 or s != ordered[i - 1] + 1)
 
 
 def _argmax_rows(logits: Any) -> Any:
