@@ -36,10 +36,12 @@ def prompts(n: int, length: int, seed: int = 0) -> list[list[int]]:
     return [[int(t) for t in rng.integers(1000, 30000, size=length)] for _ in range(n)]
 
 
-def high_level_single(gguf: Path, prompt: list[int], tokens: int, threads: int) -> float:
+def high_level_single(gguf: Path, prompt: list[int], tokens: int, threads: int,
+                      flash_attn: bool = True) -> float:
     from llama_cpp import Llama
 
     llm = Llama(str(gguf), n_ctx=len(prompt) + tokens + 16, n_threads=threads,
+                flash_attn=flash_attn,
                 n_threads_batch=threads, n_batch=512, verbose=False)
     out = 0
     start = time.perf_counter()
@@ -53,7 +55,7 @@ def high_level_single(gguf: Path, prompt: list[int], tokens: int, threads: int) 
 
 
 def plain_batched_loop(gguf: Path, batch_prompts: list[list[int]], tokens: int,
-                       threads: int) -> float:
+                       threads: int, flash_attn: bool = True) -> float:
     """No scheduler: every prompt in one llama_decode, then one call per step for all."""
     import llama_cpp as lc
 
@@ -67,7 +69,8 @@ def plain_batched_loop(gguf: Path, batch_prompts: list[list[int]], tokens: int,
     cparams.n_ctx = n * (max(map(len, batch_prompts)) + tokens + 16)
     cparams.n_batch = cparams.n_ubatch = max(512, sum(map(len, batch_prompts)))
     cparams.n_threads = cparams.n_threads_batch = threads
-    cparams.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    cparams.flash_attn_type = (lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                               else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED)
     ctx = lc.llama_init_from_model(model, cparams)
     vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(model))
     batch = lc.llama_batch_init(cparams.n_batch, 0, 1)
@@ -97,14 +100,16 @@ def plain_batched_loop(gguf: Path, batch_prompts: list[list[int]], tokens: int,
 
 def sliceserve_run(batch_prompts: list[list[int]], tokens: int | list[int], threads: int,
                    backend: str, policy: str, model: Path | None = None,
-                   rows: int | None = None) -> tuple[float, dict]:
+                   rows: int | None = None, flash_attn: bool = True) -> tuple[float, dict]:
     from sliceserve import LLM, SamplingParams
 
     lengths = tokens if isinstance(tokens, list) else [tokens] * len(batch_prompts)
     n = rows or len(batch_prompts)
     longest = max(map(len, batch_prompts)) + max(lengths)
-    extra = {"llamacpp": {"context_tokens": max(256, longest),
-                          "max_num_seqs": max(n, 1)}} if backend == "llamacpp" else {}
+    # flash attention on: the executor's default (llama.cpp's "auto": on for a CPU)
+    settings = {"context_tokens": max(256, longest), "max_num_seqs": max(n, 1),
+                "flash_attn": None if flash_attn else False}
+    extra = {"llamacpp": settings} if backend == "llamacpp" else {}
     llm = LLM(model=model, policy=policy, policy_options={"max_batch_size": n},
               backend=backend, latency_model="paper", num_threads=threads, **extra)
     params = [SamplingParams(max_tokens=k, temperature=0.0, ignore_eos=True) for k in lengths]
@@ -144,6 +149,9 @@ def main() -> None:
     parser.add_argument("--churn", type=int, default=48, help="requests in the churn row")
     parser.add_argument("--gguf", type=Path, help="another GGUF (default: the embedded one)")
     parser.add_argument("--torch", action="store_true", help="also the PyTorch executor")
+    parser.add_argument("--no-flash-attn", dest="flash_attn", action="store_false",
+                        help="flash attention off in every row (default on in every row: the "
+                        "executor's and llama-server's 'auto' turn it on for a CPU)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     from sliceserve.model.loader import default_gguf_path
@@ -154,16 +162,18 @@ def main() -> None:
     if "single" in wanted:
         one = prompts(1, args.prompt_tokens)
         rows.append(row("llama-cpp-python high-level", 1, args.tokens,
-                        high_level_single(gguf, one[0], args.tokens, args.threads)))
+                        high_level_single(gguf, one[0], args.tokens, args.threads,
+                                          args.flash_attn)))
         seconds, stats = sliceserve_run(one, args.tokens, args.threads, "llamacpp", args.policy,
-                                        gguf)
+                                        gguf, flash_attn=args.flash_attn)
         rows.append(row("sliceserve llamacpp", 1, args.tokens, seconds, **stats))
     if "batch" in wanted:
         many = prompts(args.batch, args.prompt_tokens, seed=1)
         rows.append(row("plain batched llama_decode", args.batch, args.tokens,
-                        plain_batched_loop(gguf, many, args.tokens, args.threads)))
+                        plain_batched_loop(gguf, many, args.tokens, args.threads,
+                                           args.flash_attn)))
         seconds, stats = sliceserve_run(many, args.tokens, args.threads, "llamacpp",
-                                        args.policy, gguf)
+                                        args.policy, gguf, flash_attn=args.flash_attn)
         rows.append(row("sliceserve llamacpp", args.batch, args.tokens, seconds, **stats))
         if args.torch:
             seconds, stats = sliceserve_run(many, args.tokens, args.threads, "torch",
@@ -175,12 +185,13 @@ def main() -> None:
                  for _ in range(args.churn)]
         lengths = [int(k) for k in rng.integers(8, 129, size=args.churn)]
         seconds, stats = sliceserve_run(mixed, lengths, args.threads, "llamacpp", args.policy,
-                                        gguf, rows=args.batch)
+                                        gguf, rows=args.batch, flash_attn=args.flash_attn)
         rows.append(row("sliceserve llamacpp, churn", args.churn, sum(lengths), seconds,
                         total=sum(lengths), **stats))
     result = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
               "cpu": device_label(), "threads": args.threads, "policy": args.policy,
               "gguf": gguf.name, "prompt_tokens": args.prompt_tokens,
+              "flash_attn": args.flash_attn,
               "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
               "load_average": os.getloadavg()[0], "rows": rows}
     text = json.dumps(result, indent=1)

@@ -60,10 +60,12 @@ def prompt_ids(tokenizer) -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def reference(gguf, prompt_ids) -> list[list[int]]:
-    """llama-cpp-python's own greedy generation, one sequence at a time (its high-level API)."""
+    """llama-cpp-python's own greedy generation, one sequence at a time (its high-level API),
+    with flash attention as the executor's default ("auto") resolves it on a CPU: on."""
     from llama_cpp import Llama
 
-    llm = Llama(str(gguf), n_ctx=512, n_threads=THREADS, n_batch=512, verbose=False)
+    llm = Llama(str(gguf), n_ctx=512, n_threads=THREADS, n_batch=512, flash_attn=True,
+                verbose=False)
     out = []
     for ids in prompt_ids:
         tokens: list[int] = []
@@ -173,6 +175,8 @@ def test_config_is_checked():
         LlamaCppConfig(max_num_seqs=256)
     with pytest.raises(ValueError, match="n_gpu_layers"):
         LlamaCppConfig(n_gpu_layers=-2)
+    with pytest.raises(ValueError, match="flash_attn"):
+        LlamaCppConfig(flash_attn="yes")
 
 
 def test_engine_config_carries_llama_cpp_options_and_checks_them():
@@ -384,7 +388,7 @@ def test_profiler_fits_a_latency_model_on_llama_cpp(executor):
     model = profiler.fit_latency_model(profile, "llama.cpp-test", "cpu", "smollm2")
     assert model.kv_capacity_tokens == executor.num_kv_blocks * executor.block_size
     assert all(p.ms > 0 for p in profile.points)
-    assert profile.dtype.startswith("llamacpp-v") and profile.dtype.endswith("Q4_1")
+    assert profile.dtype.startswith("llamacpp-v") and profile.dtype.endswith("Q4_1-fa-auto")
     profiler.warm_up(executor)
     executor.reset()
     assert executor.sequences_in_use() == {}

@@ -89,8 +89,9 @@ def open_context(lib: Any, model: Any, config: LlamaCppConfig, threads: int,
     params.n_ubatch = min(config.ubatch_tokens, config.batch_tokens)
     params.n_threads = threads
     params.n_threads_batch = threads
-    params.flash_attn_type = (lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if config.flash_attn
-                              else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+    params.flash_attn_type = {None: lib.LLAMA_FLASH_ATTN_TYPE_AUTO,
+                              True: lib.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                              False: lib.LLAMA_FLASH_ATTN_TYPE_DISABLED}[config.flash_attn]
     params.no_perf = True
     ctx = lib.llama_init_from_model(model, params)
     if not ctx:

@@ -22,7 +22,9 @@ class LlamaCppConfig:
     batch_tokens: int = 2048  # tokens per llama_decode call (n_batch); a larger plan is split
     ubatch_tokens: int = 512  # llama.cpp's physical batch (n_ubatch)
     n_gpu_layers: int = 0  # layers offloaded to a GPU (a CUDA/Metal/Vulkan build of llama.cpp)
-    flash_attn: bool = False  # as llama-cpp-python's high-level API defaults
+    # Flash attention: None lets llama.cpp decide by what the device supports (its "auto",
+    # llama-server's default: on for a CPU); True / False force it.
+    flash_attn: bool | None = None
     seed: int | None = None  # for requests without their own seed
     verbose: bool = False  # llama.cpp's own log on stderr
 
@@ -35,6 +37,9 @@ class LlamaCppConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.max_num_seqs > 255:  # llama.cpp's LLAMA_MAX_SEQ is 256; one is the scratch
             raise ValueError(f"max_num_seqs must be at most 255, got {self.max_num_seqs}")
+        if self.flash_attn not in (None, True, False):
+            raise ValueError(f"flash_attn must be None (llama.cpp's auto), True or False, got "
+                             f"{self.flash_attn!r}")
         if not isinstance(self.n_gpu_layers, int) or self.n_gpu_layers < -1:
             raise ValueError(f"n_gpu_layers must be an integer >= -1 (-1: all), got "
                              f"{self.n_gpu_layers!r}")

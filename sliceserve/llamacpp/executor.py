@@ -94,7 +94,8 @@ class LlamaCppExecutor:
     def dtype(self) -> str:
         # No dots: profile keys keep what follows a dtype's last dot.
         version = str(self.lib.__version__).replace(".", "-")
-        return f"llamacpp-v{version}/{self.model_config.file_type}"
+        attention = {None: "fa-auto", True: "fa", False: "no-fa"}[self.config.flash_attn]
+        return f"llamacpp-v{version}/{self.model_config.file_type}-{attention}"
 
     @property
     def precision(self) -> Any:
