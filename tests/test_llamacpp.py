@@ -177,8 +177,6 @@ def test_config_is_checked():
         LlamaCppConfig(n_gpu_layers=-2)
     with pytest.raises(ValueError, match="flash_attn"):
         LlamaCppConfig(flash_attn="yes")
-    with pytest.raises(ValueError, match="fill_gaps"):
-        LlamaCppConfig(fill_gaps=-1)
 
 
 def test_engine_config_carries_llama_cpp_options_and_checks_them():
@@ -224,14 +222,7 @@ def test_greedy_tokens_equal_llama_cpp_batched_with_chunked_prefill(executor, pr
 
 @needs_llama_cpp
 @pytest.mark.parametrize("preempt", [False, True])
-@pytest.mark.parametrize("fill_gaps", [1, 0])
-def test_masked_or_preempted_request_resumes_exactly(executor, prompt_ids, reference, preempt,
-                                                     fill_gaps, monkeypatch):
-    """r1 (stream 1, between r0's and the others') is masked out of some iterations: its
-    stream gets a throwaway row that is cut off again (fill_gaps 1) or the batch splits
-    (fill_gaps 0); either way it resumes exactly, and so do its neighbours."""
-    monkeypatch.setattr(executor, "config", replace(executor.config, fill_gaps=fill_gaps))
-    filled = executor.filled_rows
+def test_masked_or_preempted_request_resumes_exactly(executor, prompt_ids, reference, preempt):
     wrapped = []
 
     def wrap(inner):
@@ -243,7 +234,6 @@ def test_masked_or_preempted_request_resumes_exactly(executor, prompt_ids, refer
     out = run_to_completion(engine, reqs)
     assert [out[f"r{i}"] for i in range(len(PROMPTS))] == reference
     assert wrapped[0].masked >= 3
-    assert (executor.filled_rows > filled) == (fill_gaps > 0)
     assert reqs[1].num_preemptions == (1 if preempt else 0)
     assert_no_leak(engine, executor)
 

@@ -25,10 +25,6 @@ class LlamaCppConfig:
     # Flash attention: None lets llama.cpp decide by what the device supports (its "auto",
     # llama-server's default: on for a CPU); True / False force it.
     flash_attn: bool | None = None
-    # A gap of at most this many held streams between two of a batch's streams (a request the
-    # policy left out) is filled with throwaway rows instead of splitting the batch into one
-    # more ubatch; 0: never.
-    fill_gaps: int = 1
     seed: int | None = None  # for requests without their own seed
     verbose: bool = False  # llama.cpp's own log on stderr
 
@@ -39,9 +35,6 @@ class LlamaCppConfig:
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)
                                       or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.fill_gaps, int) or isinstance(self.fill_gaps, bool) \
-                or self.fill_gaps < 0:
-            raise ValueError(f"fill_gaps must be an integer >= 0, got {self.fill_gaps!r}")
         if self.max_num_seqs > 255:  # llama.cpp's LLAMA_MAX_SEQ is 256; one is the scratch
             raise ValueError(f"max_num_seqs must be at most 255, got {self.max_num_seqs}")
         if self.flash_attn not in (None, True, False):

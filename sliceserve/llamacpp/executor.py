@@ -11,10 +11,7 @@ runs a batch over separate streams as one ubatch (one pass over the weights) per
 consecutive stream ids in batch order (its `split_equal`), so rows in streams {0, 2, 5} cost
 three passes where {0, 1, 2} cost one. Hence a new request takes the lowest free stream; when
 one ends below a higher one that is still held, the highest is moved into the gap (a stream
-copy, done by llama.cpp at the next decode); and each batch is written in stream order. A
-request the policy leaves out of an iteration (SLICE's decode mask) would still split the
-run; a gap of at most `fill_gaps` such streams gets a throwaway row each instead (its next
-position decoded, then cut off again), since a row costs less than a pass.
+copy, done by llama.cpp at the next decode); and each batch is written in stream order.
 
 What a stream holds is tracked: which request (the object, not its id: ids may be reused) and
 how many of its tokens. A request's block is remembered too: when the scheduler gives that
@@ -78,7 +75,6 @@ class LlamaCppExecutor:
         # Runs of consecutive stream ids in the last batch: llama.cpp runs at least one ubatch
         # (a pass over the weights) per run, more where prompt chunks differ in length.
         self.last_stream_runs = 0
-        self.filled_rows = 0  # throwaway rows written into gaps between a batch's streams
         self._buffers = BatchBuffers(self.lib, config.batch_tokens)
         # All-greedy batches take numpy's argmax (the same first maximum as torch's): torch's
         # runs on its own OpenMP threads, which then spin beside llama.cpp's.
@@ -119,23 +115,17 @@ class LlamaCppExecutor:
             self._clear_request(request_id)
         self._compact()
         buffers = self._buffers
+        buffers.grow(plan.num_tokens)
+        token, pos, seq, flags = buffers.token, buffers.pos, buffers.seq, buffers.logits
         sampled: list[int] = []  # chunk index of each logits row, in batch order
         i = 0
         # In stream order: llama.cpp splits a batch over separate KV streams into one ubatch
         # (one pass over the weights) per run of consecutive stream ids in batch order.
         streams = [self._stream_for(chunk) for chunk in plan.chunks]
-        fillers = self._fillers(sorted(streams))
-        buffers.grow(plan.num_tokens + len(fillers))
-        token, pos, seq, flags = buffers.token, buffers.pos, buffers.seq, buffers.logits
-        rows = sorted([*((s, k) for k, s in enumerate(streams)), *((s, -1) for s in fillers)])
-        self.last_stream_runs = _runs([s for s, _ in rows])
-        for s, k in rows:
-            if k < 0:  # a throwaway row, cut off again after the decode
-                at = self._stored[s]
-                token[i], pos[i], seq[i], flags[i] = token_at(self._owner[s], at - 1), at, s, 0
-                i += 1
-                continue
-            chunk = plan.chunks[k]
+        order = sorted(range(len(streams)), key=streams.__getitem__)
+        self.last_stream_runs = _runs([streams[k] for k in order])
+        for k in order:
+            chunk, s = plan.chunks[k], streams[k]
             first, n = chunk.num_computed_tokens, chunk.num_new_tokens
             end = first + n
             if end > self.max_model_len:
@@ -158,8 +148,6 @@ class LlamaCppExecutor:
             i += n
         prepared = time.perf_counter()
         logits = self._decode(i, len(sampled))
-        for s in fillers:
-            self.lib.llama_memory_seq_rm(self._mem, s, self._stored[s], -1)
         computed = time.perf_counter()
         token_ids: list[int | None] = [None] * len(plan.chunks)
         if sampled:
@@ -224,21 +212,6 @@ class LlamaCppExecutor:
             raise LlamaCppError(f"request {request.request_id} has {computed} tokens computed "
                                 f"but its sequence holds {self._stored[s]}")
         return s
-
-    def _fillers(self, ordered: list[int]) -> list[int]:
-        """Held streams in gaps of at most `fill_gaps` between the batch's streams (ascending):
-        each gets a throwaway row, so that the run is not split (a row costs less than a
-        pass over the weights; docs/ENGINE.md)."""
-        most = self.config.fill_gaps
-        fillers: list[int] = []
-        for a, b in zip(ordered, ordered[1:]):
-            gap = range(a + 1, b)
-            if 0 < len(gap) <= most and all(
-                    self._owner[s] is not None and 0 < self._stored[s] < self.max_model_len
-                    for s in gap):
-                fillers.extend(gap)
-        self.filled_rows += len(fillers)
-        return fillers
 
     def _clear_stream(self, s: int) -> None:
         owner = self._owner[s]
