@@ -175,8 +175,9 @@ def test_config_is_checked():
         LlamaCppConfig(max_num_seqs=256)
     with pytest.raises(ValueError, match="n_gpu_layers"):
         LlamaCppConfig(n_gpu_layers=-2)
-    with pytest.raises(ValueError, match="flash_attn"):
-        LlamaCppConfig(flash_attn="yes")
+    for bad in ("yes", 1):
+        with pytest.raises(ValueError, match="flash_attn"):
+            LlamaCppConfig(flash_attn=bad)
 
 
 def test_engine_config_carries_llama_cpp_options_and_checks_them():

@@ -37,7 +37,7 @@ class LlamaCppConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.max_num_seqs > 255:  # llama.cpp's LLAMA_MAX_SEQ is 256; one is the scratch
             raise ValueError(f"max_num_seqs must be at most 255, got {self.max_num_seqs}")
-        if self.flash_attn not in (None, True, False):
+        if self.flash_attn is not None and not isinstance(self.flash_attn, bool):
             raise ValueError(f"flash_attn must be None (llama.cpp's auto), True or False, got "
                              f"{self.flash_attn!r}")
         if not isinstance(self.n_gpu_layers, int) or self.n_gpu_layers < -1:
